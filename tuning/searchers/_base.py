@@ -1,0 +1,63 @@
+"""The searcher interface: what to try next."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from tuning.space import Space
+
+__all__ = ["Searcher", "FINISHED"]
+
+#: returned by ``suggest`` when the searcher has nothing more to offer, ever
+FINISHED = "FINISHED"
+
+
+class Searcher:
+    """Base searcher.
+
+    The controller calls ``setup`` once, then ``suggest(trial_id)`` for each new trial:
+    a config dict, ``None`` for "nothing right now" (e.g. a concurrency limit), or
+    :data:`FINISHED`. It reports every result with ``on_trial_result`` and each trial's end
+    with ``on_trial_complete``. Same seed and same sequence of calls give the same configs.
+    ``state_dict()`` is JSON-able; ``load_state_dict`` restores it.
+    """
+
+    FINISHED = FINISHED
+
+    def __init__(self) -> None:
+        self.space: Space | None = None
+        self.metric: str | None = None
+        self.mode: str | None = None
+        self.rng: np.random.Generator = np.random.default_rng()
+
+    def setup(self, space: Space, metric: str, mode: str, rng: np.random.Generator,
+              num_samples: int = 1) -> None:
+        """Called once by the controller. ``num_samples`` is the experiment's sample count: a
+        searcher returns FINISHED after ``num_samples`` configs (times the number of grid points
+        for searchers that cross grids)."""
+        self.space, self.metric, self.mode, self.rng = space, metric, mode, rng
+        self.num_samples = num_samples
+
+    def settings(self) -> dict[str, Any]:
+        return {"type": type(self).__name__.lower()}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
+        raise NotImplementedError
+
+    def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    def add_evaluated_point(self, config: Mapping[str, Any], value: float) -> None:
+        """Tell the searcher about a config evaluated elsewhere (warm start from a past run)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
