@@ -15,15 +15,31 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "Domain", "Uniform", "LogUniform", "QUniform", "RandInt", "Choice", "Grid", "SampleFrom",
-    "Space", "uniform", "loguniform", "quniform", "randint", "choice", "grid", "grid_search",
-    "sample_from", "domain_from_dict",
+    "Choice",
+    "Domain",
+    "Grid",
+    "LogUniform",
+    "QUniform",
+    "RandInt",
+    "SampleFrom",
+    "Space",
+    "Uniform",
+    "choice",
+    "domain_from_dict",
+    "grid",
+    "grid_search",
+    "loguniform",
+    "quniform",
+    "randint",
+    "sample_from",
+    "uniform",
 ]
 
 
@@ -66,7 +82,8 @@ class Uniform(Domain):
         return float(rng.uniform(self.low, self.high))
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
+        return bool(isinstance(value, (int, float, np.integer, np.floating))
+                    and not isinstance(value, bool) and self.low <= value <= self.high)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "low": self.low, "high": self.high}
@@ -97,6 +114,10 @@ class QUniform(Uniform):
 
     def sample(self, rng: np.random.Generator) -> float:
         value = round(float(rng.uniform(self.low, self.high)) / self.q) * self.q
+        lo = math.ceil(self.low / self.q - 1e-9) * self.q  # the multiples of q inside the bounds
+        hi = math.floor(self.high / self.q + 1e-9) * self.q
+        if lo <= hi:
+            value = min(max(value, lo), hi)
         return float(min(max(value, self.low), self.high))
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +136,7 @@ class RandInt(Domain):
         for name in ("low", "high"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"randint {name} must be an integer, got {v!r}")
+                raise ValueError(f"randint {name} must be an integer, got {v!r}")  # noqa: TRY004
         if not self.low < self.high:
             raise ValueError(f"randint needs low < high (high excluded), got low={self.low}, high={self.high}")
 
@@ -123,7 +144,7 @@ class RandInt(Domain):
         return int(rng.integers(self.low, self.high))
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, np.integer)) and self.low <= value < self.high
+        return bool(isinstance(value, (int, np.integer)) and self.low <= value < self.high)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "low": self.low, "high": self.high}
@@ -164,7 +185,7 @@ class SampleFrom(Domain):
 
     def validate(self) -> None:
         if not callable(self.fn):
-            raise ValueError(f"sample_from needs a callable, got {self.fn!r}")
+            raise ValueError(f"sample_from needs a callable, got {self.fn!r}")  # noqa: TRY004
 
     def sample(self, rng: np.random.Generator) -> Any:  # resolved by Space.resolve
         raise TypeError("sample_from is resolved by Space.resolve with the partial config")
@@ -237,6 +258,8 @@ def domain_from_dict(name: str, d: Mapping[str, Any]) -> Domain:
     missing = {k for k in keys if k not in d and k != "q"}
     if missing:
         raise ValueError(f"space.{name}: {kind} needs {sorted(missing)}")
+    if "values" in keys and not isinstance(d["values"], (list, tuple)):
+        raise ValueError(f"space.{name}.values must be a list, got {d['values']!r}")
     try:
         return _FROM_DICT[kind](_coerce_numbers(dict(d)))
     except (TypeError, ValueError) as exc:
@@ -260,9 +283,9 @@ class Space(Mapping[str, Any]):
 
     def __init__(self, params: Mapping[str, Any]):
         if isinstance(params, Space):
-            params = params._params
+            params = dict(params.items())
         if not isinstance(params, Mapping):
-            raise ValueError(f"space must be a mapping of parameter name to domain, got {type(params).__name__}")
+            raise ValueError(f"space must be a mapping of parameter name to domain, got {type(params).__name__}")  # noqa: TRY004
         if not params:
             raise ValueError("space must have at least one parameter")
         parsed: dict[str, Any] = {}
@@ -277,7 +300,7 @@ class Space(Mapping[str, Any]):
                 except ValueError as exc:
                     raise ValueError(f"space.{name}: {exc}") from None
             parsed[name] = value
-        self._params = parsed
+        self._params: dict[str, Any] = parsed
 
     def __getitem__(self, key: str) -> Any:
         return self._params[key]
@@ -363,5 +386,5 @@ class Space(Mapping[str, Any]):
 
 
 def _divides(dom: QUniform) -> bool:
-    span = (dom.high - dom.low) / dom.q
-    return abs(span - round(span)) < 1e-9
+    # Optuna's step counts from low; it matches multiples of q when low and the span are multiples.
+    return all(abs(v / dom.q - round(v / dom.q)) < 1e-9 for v in (dom.low, dom.high - dom.low))

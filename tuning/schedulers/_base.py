@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from tuning._recorded import RecordsArgs
 from tuning._trial import ITERATION, Status, Trial
+from tuning.space import Space
 
-__all__ = ["Decision", "StartNew", "Resume", "Suggestion", "Scheduler", "check_mode"]
+__all__ = ["Decision", "Resume", "Scheduler", "StartNew", "Suggestion", "check_mode"]
 
 
 class Decision(str, Enum):
@@ -55,7 +58,7 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-class Scheduler:
+class Scheduler(RecordsArgs):
     """Base scheduler: FIFO behaviour (every trial runs to the end, new trials while allowed).
 
     Subclasses override the hooks. The contract:
@@ -67,6 +70,16 @@ class Scheduler:
       ``None`` (nothing to run now: wait for more results).
     * Decisions are a deterministic function of the results shown and ``self.rng``.
     * ``state_dict()`` is JSON-able; ``load_state_dict(state)`` restores it exactly.
+    * Synchronous schedulers (HyperBand, BOHB) decide at a rung that some PAUSED trials will
+      never resume: :meth:`trials_to_stop` names them, and the controller STOPs them.
+    * Schedulers that build configs themselves (PBT, BOHB) read the experiment's search space,
+      given once through :meth:`set_search_space`.
+
+    The controller calls, in this order: ``set_objective`` and ``set_search_space`` before the
+    first trial (and, on resume, before ``load_state_dict``); then ``choose_trial_to_run`` per
+    free slot, ``on_trial_add`` per new trial, ``pause_at`` at each segment start, ``on_result``
+    per result, ``on_trial_complete``/``on_trial_error`` when a trial ends, and
+    ``trials_to_stop`` after each batch of those hooks (before choosing again).
     """
 
     #: whether pausing/resuming needs the trainable to report checkpoints
@@ -90,6 +103,12 @@ class Scheduler:
             self.mode = check_mode(mode)
         if rng is not None:
             self.rng = rng
+
+    def set_search_space(self, space: Space) -> None:
+        """Called by the controller before the first trial with the experiment's search space.
+
+        The default ignores it; PBT (mutations) and BOHB (model-based configs) use it.
+        """
 
     def settings(self) -> dict[str, Any]:
         """The scheduler's settings, for the MLflow parent run's params."""
@@ -117,6 +136,15 @@ class Scheduler:
             if trial.status == Status.PAUSED:
                 return Resume(trial.trial_id)
         return StartNew() if can_start_new else None
+
+    def trials_to_stop(self, trials: Mapping[str, Trial]) -> list[str]:
+        """Ids of PAUSED trials that the controller must now STOP (they will never resume).
+
+        Called after each batch of ``on_result``/``on_trial_complete``/``on_trial_error`` calls.
+        The controller marks each STOPPED (``stopped_at`` = its last iteration) and calls
+        ``on_trial_complete``. The default returns ``[]``.
+        """
+        return []
 
     def is_finished(self, trials: Mapping[str, Trial]) -> bool:
         """Whether the scheduler wants no more trials (e.g. every HyperBand bracket is done)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tuning._recorded import RecordsArgs
+
 from typing import Any, Mapping
 
 import numpy as np
@@ -14,7 +16,7 @@ __all__ = ["Searcher", "FINISHED"]
 FINISHED = "FINISHED"
 
 
-class Searcher:
+class Searcher(RecordsArgs):
     """Base searcher.
 
     The controller calls ``setup`` once, then ``suggest(trial_id)`` for each new trial:

@@ -1,0 +1,69 @@
+"""MLflow and Prefect artifacts: projections of the journal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from tuning.controller import Controller
+from tuning.results import leaderboard_rows
+from tuning.tracking.mlflow import MlflowTracker
+
+
+@task(name="open-tracking", cache_policy=NONE, persist_result=False)
+def open_tracking(ctl: Controller, tracking_uri: str, run_name: str, params: dict[str, Any],
+                  tags: dict[str, str]) -> MlflowTracker:
+    """Find or create the MLflow experiment and parent run; catch up with the journal."""
+    tracker = MlflowTracker(tracking_uri, ctl.name, run_name, ctl.metric, ctl.mode, params, tags)
+    replayed = getattr(ctl, "replayed", None)
+    run_id = tracker.open(replayed.parent_run_id if replayed else None)
+    ctl.journal.append("tracking", tracking_uri=tracking_uri, parent_run_id=run_id)
+    if replayed is not None:  # write whatever the crash kept from MLflow
+        tracker.apply(_replay_events(ctl), ctl.trials)
+    return tracker
+
+
+def _replay_events(ctl: Controller) -> list[dict[str, Any]]:
+    from tuning.experiment import replay
+
+    events = ctl.journal.read()
+    last = max((i for i, e in enumerate(events) if e["event"] == "state"), default=-1)
+    keep = {"trial_created", "result", "trial_status", "failure"}
+    st = replay(events)
+    out = [e for e in events[: last + 1] if e["event"] in keep]
+    return [e for e in out if e.get("trial_id") in st.trials]
+
+
+@task(name="record", cache_policy=NONE, persist_result=False)
+def record(tracker: MlflowTracker, ctl: Controller, events: list[dict[str, Any]]) -> int:
+    """Write the wave's committed events to MLflow; returns how many."""
+    tracker.apply(events, ctl.trials)
+    return len(events)
+
+
+@task(name="summarize", cache_policy=NONE, persist_result=False)
+def summarize(ctl: Controller, tracker: MlflowTracker | None) -> dict[str, Any]:
+    """The final leaderboard as a Prefect table artifact, a markdown summary, the best trial."""
+    rows = leaderboard_rows(ctl.trials.values(), ctl.metric, ctl.mode)
+    key = "".join(c if c.isalnum() else "-" for c in ctl.name.lower())[:100]
+    create_table_artifact(key=f"{key}-leaderboard", table=rows[:200],
+                          description=f"Leaderboard of {ctl.name} ({ctl.metric}, {ctl.mode})")
+    best = ctl.best_trial()
+    lines = [f"# {ctl.name}", "", f"- trials: {len(ctl.trials)} ({_counts(ctl)})"]
+    if best is not None:
+        lines.append(f"- best: {best.trial_id} {ctl.metric}={ctl.trial_score(best):.6g} "
+                     f"config={best.config}")
+    if tracker is not None:
+        lines.append(f"- MLflow: tracking URI `{tracker.uri}`, experiment `{ctl.name}`, parent "
+                     f"run `{tracker.parent_run_id}`")
+        if best is not None and best.trial_id in tracker.runs:
+            lines.append(f"- best run: `{tracker.runs[best.trial_id]}`")
+    create_markdown_artifact(key=f"{key}-summary", markdown="\n".join(lines))
+    return {"best_trial": best.trial_id if best else None, "trials": len(ctl.trials)}
+
+
+def _counts(ctl: Controller) -> str:
+    return ", ".join(f"{v} {k.lower()}" for k, v in ctl.counts().items() if v)

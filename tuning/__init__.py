@@ -1,0 +1,46 @@
+"""rungflow's engine and entry points.
+
+``import tuning`` stays light on workers: no Prefect, no MLflow. ``Tuner`` (which starts the
+Prefect flow) is handed out lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuning._trial import Status, Trial
+from tuning.schedulers import ASHA, FIFO, Decision, Scheduler
+from tuning.searchers import RandomSearch, Searcher
+from tuning.space import (Space, choice, grid, grid_search, loguniform, quniform, randint,
+                          sample_from, uniform)
+from tuning.trainable import get_checkpoint, get_trial_id, report
+
+__all__ = [
+    "Tuner", "TuneResult", "ExperimentSpec", "report", "get_checkpoint", "get_trial_id",
+    "Space", "uniform", "loguniform", "quniform", "randint", "choice", "grid", "grid_search",
+    "sample_from", "Scheduler", "Decision", "FIFO", "ASHA", "HyperBand", "MedianStopping", "PBT",
+    "BOHB", "Searcher", "RandomSearch", "GridSearch", "OptunaSearch", "ConcurrencyLimiter",
+    "Status", "Trial",
+]
+
+_LAZY = {
+    "Tuner": ("tuning.tuner", "Tuner"),
+    "TuneResult": ("tuning.results", "TuneResult"),
+    "ExperimentSpec": ("tuning.spec", "ExperimentSpec"),
+    "HyperBand": ("tuning.schedulers", "HyperBand"),
+    "MedianStopping": ("tuning.schedulers", "MedianStopping"),
+    "PBT": ("tuning.schedulers", "PBT"),
+    "BOHB": ("tuning.schedulers", "BOHB"),
+    "GridSearch": ("tuning.searchers", "GridSearch"),
+    "OptunaSearch": ("tuning.searchers", "OptunaSearch"),
+    "ConcurrencyLimiter": ("tuning.searchers", "ConcurrencyLimiter"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'tuning' has no attribute {name!r}")

@@ -1,0 +1,31 @@
+"""Where segments run: Dask, Ray, or a simulated cluster with a virtual clock."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from tuning.backends._base import Backend, BackendError
+
+__all__ = ["Backend", "BackendError", "make_backend", "BACKEND_TYPES"]
+
+BACKEND_TYPES = ("dask", "ray", "simulated")
+
+
+def make_backend(d: Mapping[str, Any] | None, resources: Mapping[str, float] | None = None,
+                 max_concurrent: int | None = None) -> Backend:
+    """A backend from its spec dict, e.g. ``{"type": "dask", "address": "tcp://h:8786"}``."""
+    d = dict(d or {"type": "dask"})
+    kind = d.pop("type", "dask")
+    if kind == "dask":
+        from tuning.backends.dask import DaskBackend
+
+        return DaskBackend(**d, resources=dict(resources or {}), max_concurrent=max_concurrent)
+    if kind == "ray":
+        from tuning.backends.ray import RayBackend
+
+        return RayBackend(**d, resources=dict(resources or {}), max_concurrent=max_concurrent)
+    if kind == "simulated":
+        from tuning.backends.simulated import SimulatedBackend
+
+        return SimulatedBackend(**d)
+    raise ValueError(f"backend.type: unknown {kind!r}; allowed: {', '.join(BACKEND_TYPES)}")

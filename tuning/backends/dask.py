@@ -1,0 +1,253 @@
+"""Dask backend: segments as Dask futures on a LocalCluster, an existing cluster, or one
+provisioned for the run from any cluster class (dask-cloudprovider, dask-kubernetes, ...).
+
+Results stream to the driver as they are reported: the worker publishes each one with
+``Worker.log_event`` on a topic the driver's client subscribes to. Stops travel the other way
+through a ``distributed.Event`` per trial, checked at each ``report()``; the latest checkpoint
+through a ``distributed.Variable``, so a segment restarted after a worker loss resumes from it.
+Nothing assumes a shared file system between driver and workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import queue
+import uuid
+from typing import Any, Callable
+
+from tuning.backends._base import Backend, BackendError
+from tuning.trainable import Segment, run_segment
+
+__all__ = ["DaskBackend", "import_object"]
+
+log = logging.getLogger("tuning.backends.dask")
+
+
+def import_object(path: str) -> Any:
+    """``"package.module.Name"`` or ``"package.module:Name"`` -> the object."""
+    module, _, attr = path.replace(":", ".").rpartition(".")
+    if not module:
+        raise ValueError(f"{path!r} is not an import path like 'package.module.Name'")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import {path!r}: {exc}") from None
+
+
+class _DaskChannel:
+    """Worker side: talks to the driver through the Dask scheduler."""
+
+    def __init__(self, topic: str, trial_id: str) -> None:
+        from distributed import get_worker
+
+        self.worker = get_worker()
+        self.topic = topic
+        self.trial_id = trial_id
+        self._stop_event: Any = None
+
+    def started(self, segment: Segment) -> dict[str, Any] | None:
+        from distributed import Event, Variable
+
+        self._stop_event = Event(f"{self.topic}-{self.trial_id}-stop")
+        self.send({"type": "started", "trial_id": segment.trial_id,
+                   "segment_id": segment.segment_id, "worker": self.worker.address,
+                   "pid": os.getpid()})
+        try:
+            return Variable(f"{self.topic}-{self.trial_id}-ckpt").get(timeout=0.001)
+        except Exception:  # noqa: BLE001 - no newer checkpoint known
+            return None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.worker.log_event(self.topic, message)
+
+    def should_stop(self) -> bool:
+        return bool(self._stop_event is not None and self._stop_event.is_set())
+
+
+def _run_on_worker(trainable: Callable[..., Any], segment: dict[str, Any], topic: str) -> dict:
+    seg = Segment(**segment)
+    return run_segment(trainable, seg, _DaskChannel(topic, seg.trial_id))
+
+
+class DaskBackend(Backend):
+    """``DaskBackend()`` (LocalCluster, a worker process per core), ``DaskBackend(address=...)``
+    (an existing cluster, left running) or ``DaskBackend(cluster_class=..., cluster_kwargs=...,
+    adapt={"minimum": 0, "maximum": 20})`` (provisioned for the run and closed after it), the
+    convention of prefect-dask's ``DaskTaskRunner``."""
+
+    name = "dask"
+
+    def __init__(self, address: str | None = None, cluster_class: str | Callable[..., Any] | None = None,
+                 cluster_kwargs: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None,
+                 n_workers: int | None = None, max_concurrent: int | None = None,
+                 resources: dict[str, float] | None = None, connect_timeout_s: float = 10.0) -> None:
+        if address is not None and cluster_class is not None:
+            raise ValueError("backend: give either address or cluster_class, not both")
+        self.address = address
+        self.cluster_class = cluster_class
+        self.cluster_kwargs = dict(cluster_kwargs or {})
+        self.adapt = adapt
+        self.n_workers = n_workers
+        self.max_concurrent = max_concurrent
+        self.resources = dict(resources or {})
+        self.connect_timeout_s = connect_timeout_s
+        self.cluster: Any = None
+        self.client: Any = None
+        self.topic = f"rungflow-{uuid.uuid4().hex[:12]}"
+        self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._futures: dict[str, Any] = {}
+        self._trainable_future: Any = None
+        self._owns_cluster = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        from distributed import Client
+
+        try:
+            if self.address is not None:
+                self.client = Client(self.address, timeout=self.connect_timeout_s)
+            else:
+                self.cluster = self._make_cluster()
+                self._owns_cluster = True
+                if self.adapt:
+                    self.cluster.adapt(**self.adapt)
+                self.client = Client(self.cluster, timeout=self.connect_timeout_s)
+        except OSError as exc:
+            self.close()
+            where = self.address or self.cluster_class or "LocalCluster"
+            raise BackendError(f"backend.address: cannot reach the Dask scheduler at {where!r} "
+                               f"within {self.connect_timeout_s:g}s ({exc})") from None
+        self.client.subscribe_topic(self.topic, self._on_event)
+
+    def _make_cluster(self) -> Any:
+        if self.cluster_class is None:
+            from distributed import LocalCluster
+
+            kwargs = {"n_workers": self.n_workers or os.cpu_count() or 1,
+                      "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+                      "dashboard_address": None, "resources": _local_resources()}
+            kwargs.update(self.cluster_kwargs)
+            return LocalCluster(**kwargs)
+        cls = import_object(self.cluster_class) if isinstance(self.cluster_class, str) \
+            else self.cluster_class
+        return cls(**self.cluster_kwargs)
+
+    def close(self) -> None:
+        client, cluster = self.client, self.cluster
+        self.client = self.cluster = None
+        if client is not None:
+            try:
+                client.unsubscribe_topic(self.topic)
+                for fut in self._futures.values():
+                    fut.cancel()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+            client.close()
+        if cluster is not None and self._owns_cluster:
+            cluster.close()
+
+    # -- capacity --------------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        if self.max_concurrent:
+            return self.max_concurrent
+        if self.adapt and self.adapt.get("maximum"):
+            return int(self.adapt["maximum"]) * int(self.cluster_kwargs.get("worker_nthreads", 1)
+                                                    or 1)
+        info = self.client.scheduler_info()
+        total = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
+        need = self.resources.get("CPU") or self.resources.get("cpu")
+        if need:
+            cpus = sum(w.get("resources", {}).get("CPU", w.get("nthreads", 1))
+                       for w in info.get("workers", {}).values())
+            total = min(total, int(cpus // need)) if cpus else total
+        return max(total, 1)
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.name}
+        if self.address:
+            d["address"] = self.address
+        if self.cluster_class:
+            d["cluster_class"] = str(self.cluster_class)
+        if self.client is not None:
+            d["scheduler"] = self.client.scheduler.address
+        return d
+
+    # -- segments --------------------------------------------------------------------------
+    def prepare(self, trainable: Callable[..., Any]) -> None:
+        self._trainable = trainable
+
+    def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
+        from distributed import Variable
+
+        if segment.checkpoint:
+            Variable(f"{self.topic}-{segment.trial_id}-ckpt", client=self.client).set(
+                {"checkpoint": segment.checkpoint, "iteration": segment.start_iteration})
+        fut = self.client.submit(_run_on_worker, trainable, segment.to_dict(), self.topic,
+                                 key=f"{segment.trial_id}-seg{segment.segment_id}-{self.topic}",
+                                 pure=False, resources=_dask_resources(segment.resources))
+        self._futures[segment.trial_id] = fut
+        fut.add_done_callback(lambda f, s=segment: self._on_done(f, s))
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        _, msg = event
+        if isinstance(msg, dict):
+            self._messages.put(msg)
+
+    def _on_done(self, fut: Any, segment: Segment) -> None:
+        base = {"trial_id": segment.trial_id, "segment_id": segment.segment_id}
+        try:
+            summary = fut.result()
+        except Exception as exc:  # noqa: BLE001 - the worker died or the task was refused
+            if fut.cancelled():
+                return
+            self._messages.put({**base, "type": "lost", "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self._messages.put({**base, "type": "done", "summary": summary})
+
+    def poll(self, timeout: float) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        try:
+            out.append(self._messages.get(timeout=timeout))
+        except queue.Empty:
+            return out
+        while True:
+            try:
+                out.append(self._messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self, trial_id: str) -> None:
+        from distributed import Event
+
+        if self.client is not None:
+            Event(f"{self.topic}-{trial_id}-stop", client=self.client).set()
+
+    def checkpoint_saved(self, trial_id: str, url: str, iteration: int) -> None:
+        from distributed import Variable
+
+        Variable(f"{self.topic}-{trial_id}-ckpt", client=self.client).set(
+            {"checkpoint": url, "iteration": iteration})
+
+    def segment_finished(self, trial_id: str) -> None:
+        self._futures.pop(trial_id, None)
+
+
+def _local_resources() -> dict[str, float]:
+    res: dict[str, float] = {"CPU": 1.0}
+    try:
+        import torch  # noqa: F401 - only to count GPUs when torch is there
+
+        if torch.cuda.is_available():
+            res["GPU"] = 1.0 * torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch, no GPUs
+        pass
+    return res
+
+
+def _dask_resources(resources: dict[str, float]) -> dict[str, float] | None:
+    if not resources:
+        return None
+    return {k.upper(): float(v) for k, v in resources.items() if v}

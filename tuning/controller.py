@@ -1,0 +1,537 @@
+"""The engine's control loop: plan a wave, dispatch it, evaluate the results, commit.
+
+The controller owns the trial table and the journal; it asks the searcher what to try, the
+scheduler what to run, pause or stop, and the backend to run segments. It knows nothing of
+Prefect or MLflow: ``flows/tune.py`` calls :meth:`plan_wave`, :meth:`dispatch` and
+:meth:`evaluate` in a loop, and hands the committed events to the MLflow projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from tuning._trial import ITERATION, TERMINAL, Status, Trial, format_trial_id
+from tuning.backends._base import Backend
+from tuning.experiment import ExperimentState, Journal
+from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew
+from tuning.searchers._base import FINISHED, Searcher
+from tuning.space import Space
+from tuning.stoppers import Stopper
+from tuning.trainable import Segment
+
+__all__ = ["Controller", "Budget", "ExperimentAborted", "MetricMissingError"]
+
+log = logging.getLogger("tuning.controller")
+
+
+class ExperimentAborted(RuntimeError):
+    """``fail_fast``: a trial failed and the experiment was stopped."""
+
+
+class MetricMissingError(ValueError):
+    """The experiment's metric is not in what the trainable reports."""
+
+
+@dataclass
+class Budget:
+    """Experiment-wide stop conditions."""
+
+    num_samples: int = 1
+    time_budget_s: float | None = None
+    total_iterations: int | None = None  # sum of training iterations over all trials
+    metric_threshold: float | None = None  # stop once the best result reaches it
+
+
+@dataclass
+class _Flight:
+    segment: Segment
+    end_as: Status | None = None  # a decision taken while it runs: STOPPED/TERMINATED/PAUSED/ERROR
+    error: str | None = None
+    started: bool = False
+
+
+@dataclass
+class Controller:
+    name: str
+    trainable: Callable[..., Any]
+    space: Space
+    metric: str
+    mode: str
+    scheduler: Scheduler
+    searcher: Searcher
+    backend: Backend
+    journal: Journal
+    storage: str  # the experiment directory (checkpoints go under it)
+    budget: Budget = field(default_factory=Budget)
+    seed: int | None = None
+    max_failures: int = 0
+    fail_fast: bool = False
+    stoppers: list[Stopper] = field(default_factory=list)
+    trial_timeout_s: float | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    max_concurrent: int | None = None
+    wave_window_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.trials: dict[str, Trial] = {}
+        self.flights: dict[str, _Flight] = {}
+        self.to_resubmit: list[str] = []
+        self.trial_count = 0
+        self.segment_count = 0
+        self.iterations_total = 0
+        self.elapsed_before = 0.0
+        self.searcher_finished = False
+        self.stopping: str | None = None  # why no new work is started
+        self.aborted: str | None = None
+        self.finished = False
+        self._t0 = 0.0
+        self._committed: list[dict[str, Any]] = []
+        self._seen_segments: set[int] = set()
+        rng = np.random.default_rng(self.seed)
+        s_seed, r_seed = rng.integers(2**31, size=2)
+        self.scheduler.set_objective(self.metric, self.mode, np.random.default_rng(int(s_seed)))
+        if hasattr(self.scheduler, "set_search_space"):
+            self.scheduler.set_search_space(self.space)
+        self.searcher.setup(self.space, self.metric, self.mode, np.random.default_rng(int(r_seed)),
+                            self.budget.num_samples)
+
+    # -- opening ---------------------------------------------------------------------------
+    def open(self, replayed: ExperimentState | None = None) -> None:
+        """Start fresh, or continue from a replayed journal (resume)."""
+        self.backend.prepare(self.trainable)
+        if replayed is not None and replayed.state is not None:
+            self._restore(replayed)
+        elif replayed is not None:
+            self.trials = {}
+        self._t0 = self.backend.clock()
+        self._emit("run_started", resumed=bool(replayed and replayed.state), backend=
+                   self.backend.describe())
+
+    def _restore(self, st: ExperimentState) -> None:
+        self.trials = st.trials
+        state = st.state or {}
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.searcher.load_state_dict(state["searcher"])
+        c = state["controller"]
+        self.trial_count, self.segment_count = c["trial_count"], c["segment_count"]
+        self.iterations_total, self.elapsed_before = c["iterations_total"], c["elapsed_s"]
+        self.searcher_finished = c["searcher_finished"]
+        for stopper, s in zip(self.stoppers, c.get("stoppers", [])):
+            stopper.load_state_dict(s)
+        in_flight: set[str] = set()
+        if state.get("backend") and hasattr(self.backend, "running"):
+            self.backend.load_state_dict(state["backend"])
+            in_flight = set(self.backend.running)  # a simulated backend resumes exactly
+        for tid, fl in c.get("flights", {}).items():
+            if tid in in_flight:
+                self.flights[tid] = _Flight(Segment(**fl["segment"]), _status(fl["end_as"]),
+                                            fl.get("error"), True)
+        for trial in self.trials.values():
+            if trial.status == Status.RUNNING and trial.trial_id not in in_flight:
+                self.to_resubmit.append(trial.trial_id)  # interrupted: again from its checkpoint
+
+    # -- planning --------------------------------------------------------------------------
+    def _can_start_new(self) -> bool:
+        return (not self.searcher_finished and self.stopping is None
+                and self.trial_count < self._max_trials())
+
+    def _max_trials(self) -> int:
+        n_grid = len(self.space.grid_points())
+        return self.budget.num_samples * max(n_grid, 1)
+
+    def free_slots(self) -> int:
+        slots = self.backend.slots
+        if self.max_concurrent:
+            slots = min(slots, self.max_concurrent)
+        return slots - len(self.flights)
+
+    def plan_wave(self) -> list[Segment]:
+        """Segments to start now: interrupted trials first, then the scheduler's choices."""
+        wave: list[Segment] = []
+        self._check_time_budget()
+        while self.free_slots() > 0 and self.aborted is None:
+            seg = self._next_segment()
+            if seg is None:
+                break
+            wave.append(seg)
+        if not wave and not self.flights and not self.to_resubmit:
+            self._finish()
+        return wave
+
+    def _next_segment(self) -> Segment | None:
+        if self.to_resubmit:
+            trial = self.trials[self.to_resubmit.pop(0)]
+            return self._start_segment(trial, trial.config, trial.checkpoint,
+                                       trial.checkpoint_iteration)
+        if self.stopping is not None:
+            return None
+        for _ in range(3):  # a FINISHED searcher lets the scheduler choose again
+            sugg = self.scheduler.choose_trial_to_run(self.trials, self._can_start_new())
+            if isinstance(sugg, Resume):
+                return self._resume(sugg)
+            if isinstance(sugg, StartNew) and self._can_start_new():
+                trial = self._new_trial(sugg)
+                if trial is not None:
+                    return self._start_segment(trial, trial.config, None, 0)
+                if not self.searcher_finished:
+                    return None  # the searcher asks to wait (concurrency limit)
+                continue
+            return None
+        return None
+
+    def _new_trial(self, sugg: StartNew) -> Trial | None:
+        trial_id = format_trial_id(self.trial_count)
+        config = sugg.config
+        if config is None:
+            got = self.searcher.suggest(trial_id)
+            if got is None:
+                return None
+            if isinstance(got, str) and got == FINISHED:
+                self.searcher_finished = True
+                return None
+            config = got
+        self.trial_count += 1
+        trial = Trial(trial_id, dict(config), info=dict(sugg.info),
+                      bracket=sugg.info.get("bracket"))
+        self.trials[trial_id] = trial
+        self._emit("trial_created", trial_id=trial_id, config=trial.config, info=trial.info)
+        self.scheduler.on_trial_add(trial)
+        return trial
+
+    def _resume(self, sugg: Resume) -> Segment:
+        trial = self.trials[sugg.trial_id]
+        if trial.status != Status.PAUSED:
+            raise RuntimeError(f"scheduler asked to resume {trial.trial_id}, which is {trial.status}")
+        if sugg.checkpoint_from is not None:  # PBT exploit: another trial's weights
+            source = self.trials[sugg.checkpoint_from]
+            config = dict(sugg.config or trial.config)
+            self._emit("exploit", trial_id=trial.trial_id, source=source.trial_id,
+                       checkpoint=source.checkpoint, old_config=trial.config, new_config=config)
+            return self._start_segment(trial, config, source.checkpoint, trial.iteration)
+        config = dict(sugg.config) if sugg.config is not None else trial.config
+        return self._start_segment(trial, config, trial.checkpoint, trial.checkpoint_iteration)
+
+    def _start_segment(self, trial: Trial, config: dict[str, Any], checkpoint: str | None,
+                       start_iteration: int) -> Segment:
+        self.segment_count += 1
+        offset = float(trial.last_result.get("time_total_s", 0.0)) if trial.last_result else 0.0
+        seg = Segment(trial_id=trial.trial_id, segment_id=self.segment_count, config=config,
+                      storage=self.storage, start_iteration=start_iteration if checkpoint else 0,
+                      checkpoint=checkpoint, pause_at=self.scheduler.pause_at(trial),
+                      time_attr=self.scheduler.time_attr, time_offset_s=offset,
+                      resources=dict(self.resources), timeout_s=self.trial_timeout_s)
+        trial.status = Status.RUNNING
+        trial.config = config
+        self.flights[trial.trial_id] = _Flight(seg)
+        self._emit("segment_started", trial_id=trial.trial_id, segment_id=seg.segment_id,
+                   config=config, checkpoint=checkpoint, start_iteration=seg.start_iteration,
+                   pause_at=seg.pause_at)
+        return seg
+
+    # -- dispatching -----------------------------------------------------------------------
+    def dispatch(self, wave: list[Segment], timeout: float = 1.0) -> list[dict[str, Any]]:
+        """Submit the wave, then gather messages: at least one (or ``timeout``), and then all
+        that arrive within ``wave_window_s`` or until a slot frees."""
+        for seg in wave:
+            self.backend.submit(self.trainable, seg)
+        if not self.flights:
+            return []
+        msgs = self.backend.poll(timeout)
+        deadline = time.monotonic() + self.wave_window_s
+        while msgs and not any(m["type"] in ("done", "lost") for m in msgs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self.backend.poll(left)
+            if not more:
+                break
+            msgs.extend(more)
+        return msgs
+
+    # -- evaluating ------------------------------------------------------------------------
+    def evaluate(self, msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply messages in order: decisions, failures, ends; commit; return committed events."""
+        for msg in msgs:
+            handler = getattr(self, f"_on_{msg['type']}", None)
+            if handler is not None:
+                handler(msg)
+        self._stop_chosen()
+        self._check_time_budget()
+        return self.commit()
+
+    def _stop_chosen(self) -> None:
+        """Paused trials that a synchronous scheduler dropped at a rung (HyperBand)."""
+        pick = getattr(self.scheduler, "trials_to_stop", None)
+        if pick is None:
+            return
+        for tid in pick(self.trials):
+            trial = self.trials[tid]
+            if trial.status == Status.PAUSED:
+                trial.stopped_at = trial.rung if trial.rung is not None else trial.iteration
+                self._emit("decision", trial_id=tid, decision="STOP", iteration=trial.iteration,
+                           rung=trial.rung)
+                self._end(trial, Status.STOPPED)
+
+    def _flight(self, msg: Mapping[str, Any]) -> _Flight | None:
+        fl = self.flights.get(msg["trial_id"])
+        if fl is None or fl.segment.segment_id != msg["segment_id"]:
+            return None  # a stale message from an earlier segment
+        return fl
+
+    def _on_started(self, msg: dict[str, Any]) -> None:
+        fl = self._flight(msg)
+        if fl is None:
+            return
+        if fl.started:  # the cluster re-ran the segment after losing its worker
+            self._failure(self.trials[msg["trial_id"]], fl,
+                          f"worker lost; segment {fl.segment.segment_id} restarted by the cluster",
+                          resubmit=False)
+        fl.started = True
+
+    def _on_result(self, msg: dict[str, Any]) -> None:
+        fl = self._flight(msg)
+        trial = self.trials.get(msg["trial_id"])
+        if fl is None or trial is None:
+            return
+        result = dict(msg["result"])
+        if int(result[ITERATION]) <= trial.iteration:
+            return  # already recorded (a re-run from an older checkpoint)
+        trial.results.append(result)
+        self.iterations_total += 1
+        if result.get("checkpoint"):
+            trial.checkpoint = result["checkpoint"]
+            trial.checkpoint_iteration = int(result[ITERATION])
+            self.backend.checkpoint_saved(trial.trial_id, trial.checkpoint,
+                                          trial.checkpoint_iteration)
+        self._emit("result", trial_id=trial.trial_id, result=result)
+        if fl.end_as is None:
+            self._decide(trial, fl, result)
+        self._check_experiment_stops(result)
+
+    def _decide(self, trial: Trial, fl: _Flight, result: dict[str, Any]) -> None:
+        if self.metric not in result:
+            self._abort_metric_missing(trial, result)
+            return
+        decision = self.scheduler.on_result(trial, result)
+        if decision == Decision.CONTINUE and any(s(trial.trial_id, result) for s in self.stoppers):
+            decision = Decision.STOP
+        if decision == Decision.CONTINUE:
+            return
+        t = float(result.get(self.scheduler.time_attr, result[ITERATION]))
+        max_t = getattr(self.scheduler, "max_t", None)
+        if decision == Decision.PAUSE:
+            if self.scheduler.needs_checkpoints and trial.checkpoint is None:
+                fl.end_as, fl.error = Status.ERROR, _needs_checkpoint_message(self.scheduler)
+                self.backend.stop(trial.trial_id)
+            else:
+                fl.end_as = Status.PAUSED
+        else:
+            finished = max_t is not None and t >= max_t
+            fl.end_as = Status.TERMINATED if finished else Status.STOPPED
+            if not finished:
+                trial.stopped_at = trial.rung if trial.rung is not None else int(t)
+            self.backend.stop(trial.trial_id)
+        self._emit("decision", trial_id=trial.trial_id, decision=str(decision),
+                   iteration=result[ITERATION], rung=trial.rung)
+
+    def _abort_metric_missing(self, trial: Trial, result: Mapping[str, Any]) -> None:
+        reported = sorted(k for k in result if k not in _RESERVED)
+        msg = (f"metric {self.metric!r} was never reported: trial {trial.trial_id} reported "
+               f"{', '.join(reported) or 'nothing'}; set `metric` to one of these or report it")
+        self._fail_all(msg, MetricMissingError)
+
+    def _fail_all(self, msg: str, kind: type[Exception]) -> None:
+        self.aborted = msg
+        self._abort_kind = kind
+        for tid, fl in self.flights.items():
+            fl.end_as, fl.error = Status.ERROR, msg
+            self.backend.stop(tid)
+
+    def _on_done(self, msg: dict[str, Any]) -> None:
+        fl = self._flight(msg)
+        if fl is None:
+            return
+        summary = msg["summary"]
+        for result in summary.get("results", []):  # anything the stream did not deliver
+            self._on_result({"trial_id": msg["trial_id"], "segment_id": msg["segment_id"],
+                             "result": result})
+        trial = self.trials[msg["trial_id"]]
+        del self.flights[trial.trial_id]
+        if hasattr(self.backend, "segment_finished"):
+            self.backend.segment_finished(trial.trial_id)
+        status = summary["status"]
+        if status == "error" and fl.end_as is None:
+            self._failure(trial, fl, summary.get("error") or "unknown error", resubmit=True)
+        elif fl.end_as == Status.ERROR:
+            self._end(trial, Status.ERROR, error=fl.error)
+        elif fl.end_as is not None and fl.end_as != Status.PAUSED:
+            self._end(trial, fl.end_as)
+        elif status == "paused" or fl.end_as == Status.PAUSED:
+            if self.scheduler.needs_checkpoints and trial.checkpoint is None:
+                self._end(trial, Status.ERROR, error=_needs_checkpoint_message(self.scheduler))
+            else:
+                self._set_status(trial, Status.PAUSED)
+        else:  # the trainable returned, or was stopped at the experiment's end
+            self._end(trial, Status.TERMINATED if status == "returned" else Status.STOPPED)
+
+    def _on_lost(self, msg: dict[str, Any]) -> None:
+        fl = self._flight(msg)
+        if fl is None:
+            return
+        del self.flights[msg["trial_id"]]
+        trial = self.trials[msg["trial_id"]]
+        if fl.end_as is not None and fl.end_as != Status.ERROR:
+            self._end(trial, fl.end_as if fl.end_as != Status.PAUSED else Status.STOPPED)
+            return
+        self._failure(trial, fl, msg.get("error", "worker lost"), resubmit=True)
+
+    def _failure(self, trial: Trial, fl: _Flight, error: str, resubmit: bool) -> None:
+        trial.num_failures += 1
+        self._emit("failure", trial_id=trial.trial_id, error=error,
+                   num_failures=trial.num_failures, segment_id=fl.segment.segment_id)
+        if trial.num_failures <= self.max_failures and self.aborted is None:
+            if resubmit:
+                trial.status = Status.PENDING
+                self.to_resubmit.append(trial.trial_id)
+            return
+        if trial.trial_id in self.flights:  # still running after a restart: end it
+            fl.end_as, fl.error = Status.ERROR, error
+            self.backend.stop(trial.trial_id)
+            return
+        self._end(trial, Status.ERROR, error=error)
+        if self.fail_fast:
+            self._fail_all(f"fail_fast: trial {trial.trial_id} failed:\n{error}", ExperimentAborted)
+
+    def _end(self, trial: Trial, status: Status, error: str | None = None) -> None:
+        if status == Status.ERROR:
+            trial.error = error
+            self.scheduler.on_trial_error(trial)
+            self.searcher.on_trial_complete(trial.trial_id, trial.last_result, error=True)
+        else:
+            self.scheduler.on_trial_complete(trial, trial.last_result)
+            self.searcher.on_trial_complete(trial.trial_id, trial.last_result)
+        self._set_status(trial, status)
+
+    def _set_status(self, trial: Trial, status: Status) -> None:
+        trial.status = status
+        self._emit("trial_status", trial_id=trial.trial_id, status=str(status), error=trial.error,
+                   stopped_at=trial.stopped_at, rung=trial.rung, num_failures=trial.num_failures,
+                   checkpoint=trial.checkpoint, checkpoint_iteration=trial.checkpoint_iteration)
+
+    # -- experiment-wide stops -------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + self.backend.clock() - self._t0
+
+    def _check_time_budget(self) -> None:
+        b = self.budget.time_budget_s
+        if b is not None and self.stopping is None and self.elapsed() >= b:
+            self._stop_everything(f"time_budget_s={b:g} reached")
+
+    def _check_experiment_stops(self, result: Mapping[str, Any]) -> None:
+        b = self.budget
+        if b.total_iterations is not None and self.iterations_total >= b.total_iterations:
+            self._stop_everything(f"total iteration budget {b.total_iterations} reached")
+        v = result.get(self.metric)
+        if b.metric_threshold is not None and isinstance(v, (int, float)) and \
+                (v >= b.metric_threshold if self.mode == "max" else v <= b.metric_threshold):
+            self._stop_everything(f"{self.metric} reached the threshold {b.metric_threshold:g}")
+
+    def _stop_everything(self, why: str) -> None:
+        if self.stopping is not None:
+            return
+        self.stopping = why
+        self._emit("stopping", reason=why)
+        for tid, fl in self.flights.items():
+            if fl.end_as is None:
+                fl.end_as = Status.STOPPED
+                self.trials[tid].stopped_at = self.trials[tid].iteration
+            self.backend.stop(tid)
+        self.to_resubmit.clear()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        for trial in self.trials.values():
+            if trial.status in (Status.PAUSED, Status.PENDING, Status.RUNNING):
+                trial.stopped_at = trial.rung if trial.rung is not None else trial.iteration
+                self._end(trial, Status.STOPPED)
+        self.finished = True
+        best = self.best_trial()
+        self._emit("finished", reason=self.aborted or self.stopping or "completed",
+                   best_trial=best.trial_id if best else None)
+
+    @property
+    def done(self) -> bool:
+        return self.finished
+
+    def raise_if_aborted(self) -> None:
+        if self.aborted is not None:
+            raise getattr(self, "_abort_kind", ExperimentAborted)(self.aborted)
+
+    # -- results ---------------------------------------------------------------------------
+    def trial_score(self, trial: Trial) -> float | None:
+        """The trial's last reported value of the metric (Ray Tune's default scope)."""
+        for r in reversed(trial.results):
+            v = r.get(self.metric)
+            if isinstance(v, (int, float)) and not math.isnan(v):
+                return float(v)
+        return None
+
+    def best_trial(self) -> Trial | None:
+        scored = [(s, t) for t in self.trials.values() if (s := self.trial_score(t)) is not None]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda st: st[0])[1]
+
+    # -- journal ---------------------------------------------------------------------------
+    def _emit(self, event: str, **data: Any) -> None:
+        self._committed.append(self.journal.append(event, **data))
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Append the state snapshot, flush the journal, return the events of this wave."""
+        self.journal.append("state", scheduler=self.scheduler.state_dict(),
+                            searcher=self.searcher.state_dict(),
+                            controller=self._controller_state(),
+                            backend=self.backend.state_dict())
+        self.journal.flush()
+        out, self._committed = self._committed, []
+        return out
+
+    def _controller_state(self) -> dict[str, Any]:
+        return {"trial_count": self.trial_count, "segment_count": self.segment_count,
+                "iterations_total": self.iterations_total, "elapsed_s": self.elapsed(),
+                "searcher_finished": self.searcher_finished,
+                "stoppers": [s.state_dict() for s in self.stoppers],
+                "flights": {tid: {"segment": fl.segment.to_dict(),
+                                  "end_as": str(fl.end_as) if fl.end_as else None,
+                                  "error": fl.error} for tid, fl in self.flights.items()}}
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in Status}
+        for t in self.trials.values():
+            out[t.status.value] += 1
+        return out
+
+    @property
+    def terminal_trials(self) -> list[Trial]:
+        return [t for t in self.trials.values() if t.status in TERMINAL]
+
+
+_RESERVED = {ITERATION, "time_this_iter_s", "time_total_s", "timestamp", "checkpoint"}
+
+
+def _status(value: str | None) -> Status | None:
+    return Status(value) if value else None
+
+
+def _needs_checkpoint_message(scheduler: Scheduler) -> str:
+    return (f"scheduler {type(scheduler).__name__} pauses trials and resumes them from "
+            "checkpoints, but this trial reported none: pass checkpoint={...} to report() "
+            "(and restore it with get_checkpoint()), or use a scheduler that does not pause")

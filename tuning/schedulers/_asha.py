@@ -1,0 +1,275 @@
+"""ASHA: asynchronous successive halving (Li et al. 2018, arXiv 1810.05934).
+
+Two variants:
+
+* ``"stop"`` (Ray Tune's ``AsyncHyperBandScheduler``): trials run on; at each milestone a trial
+  goes on only if its value is not below the ``(1 - 1/rf)`` percentile of the values recorded
+  at that milestone before it.
+* ``"promote"`` (the paper's Algorithm 2): trials pause at each milestone; a free worker resumes
+  the best paused trial that is in the top ``1/rf`` of its rung, else starts a new trial.
+
+The pure helpers (:func:`asha_cutoff`, :func:`asha_continues`, :func:`rank_trials`,
+:func:`promotable`) take plain data, so each decision can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from tuning._trial import ITERATION, Status, Trial
+from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew, Suggestion
+from tuning.schedulers._common import (
+    Number,
+    check_choice,
+    check_int,
+    check_number,
+    decode_values,
+    encode_values,
+    geometric_milestones,
+)
+
+__all__ = ["ASHA", "asha_continues", "asha_cutoff", "promotable", "rank_trials"]
+
+VARIANTS = ("stop", "promote")
+
+
+def asha_cutoff(recorded: Iterable[float], reduction_factor: int) -> float | None:
+    """The value a trial must reach to go on: the ``(1 - 1/rf) * 100`` percentile (Ray Tune).
+
+    NaN values are ignored; ``None`` when there is no finite value yet (the trial goes on).
+
+    Example:
+        >>> round(asha_cutoff([0.5, 0.9], 3), 4)  # 0.5 + (2/3) * (0.9 - 0.5)
+        0.7667
+        >>> asha_cutoff([], 3) is None
+        True
+    """
+    values = np.asarray([v for v in recorded if not math.isnan(v)], dtype=float)
+    if values.size == 0:
+        return None
+    return float(np.percentile(values, (1 - 1 / reduction_factor) * 100))
+
+
+def asha_continues(value: float, recorded: Iterable[float], reduction_factor: int) -> bool:
+    """Whether a trial with ``value`` (larger is better) goes on past a milestone (stop variant).
+
+    ``recorded`` are the values recorded at the milestone before this one. NaN never goes on.
+
+    Example:
+        >>> asha_continues(0.1, [0.5, 0.9], 3)
+        False
+        >>> asha_continues(0.9, [0.5], 3)
+        True
+    """
+    if math.isnan(value):
+        return False
+    cutoff = asha_cutoff(recorded, reduction_factor)
+    return cutoff is None or value >= cutoff
+
+
+def rank_trials(values: Mapping[str, float]) -> list[str]:
+    """Trial ids, best (largest) value first; NaN left out; ties keep the recording order.
+
+    Example:
+        >>> rank_trials({"a": 0.5, "b": float("nan"), "c": 0.9})
+        ['c', 'a']
+    """
+    finite = [(tid, v) for tid, v in values.items() if not math.isnan(v)]
+    return [tid for tid, _ in sorted(finite, key=lambda item: -item[1])]
+
+
+def promotable(rung: Mapping[str, float], promoted: Iterable[str], reduction_factor: int) -> list[str]:
+    """Trials of ``rung`` in its top ``floor(n / rf)`` not yet promoted, best first (Algorithm 2).
+
+    Example:
+        >>> promotable({"a": 0.5, "b": 0.9, "c": 0.1}, [], 3)
+        ['b']
+        >>> promotable({"a": 0.5, "b": 0.9, "c": 0.1}, ["b"], 3)
+        []
+    """
+    done = set(promoted)
+    top = rank_trials(rung)[: len(rung) // reduction_factor]
+    return [tid for tid in top if tid not in done]
+
+
+class ASHA(Scheduler):
+    """Asynchronous successive halving, stopping (Ray Tune) or promoting (the ASHA paper).
+
+    Milestones are ``grace_period * reduction_factor**k`` up to ``max_t`` (``max_t=9,
+    grace_period=1, reduction_factor=3``: 1, 3, 9). With ``brackets > 1``, bracket ``s`` starts
+    at ``grace_period * reduction_factor**s``; trials are assigned to brackets round robin in
+    the order they are added (trial ``i`` goes to bracket ``i % brackets``), which is
+    deterministic and replays identically on resume.
+
+    Args:
+        max_t: The most resource a trial gets; at ``max_t`` it is stopped (finished).
+        grace_period: The first milestone (bracket 0).
+        reduction_factor: Keep the top ``1/reduction_factor`` at each milestone.
+        brackets: The number of brackets.
+        variant: ``"stop"`` (trials run on, bad ones stopped) or ``"promote"`` (trials pause).
+        time_attr: The resource attribute of results.
+        metric: The metric; the experiment's when None.
+        mode: ``"min"`` or ``"max"``; the experiment's when None.
+        seed: Seed of ``self.rng`` (unused by ASHA's decisions, kept in its state).
+
+    Example:
+        >>> from tuning._trial import Trial
+        >>> s = ASHA(max_t=9, reduction_factor=3, metric="acc", mode="max")
+        >>> trials = [Trial(f"t{i}", {}) for i in range(3)]
+        >>> for t in trials:
+        ...     s.on_trial_add(t)
+        >>> [s.on_result(t, {"training_iteration": 1, "acc": v}).value
+        ...  for t, v in zip(trials, [0.5, 0.9, 0.1])]
+        ['CONTINUE', 'CONTINUE', 'STOP']
+    """
+
+    def __init__(self, max_t: float = 100, grace_period: float = 1, reduction_factor: int = 3,
+                 brackets: int = 1, variant: str = "stop", *, time_attr: str = ITERATION,
+                 metric: str | None = None, mode: str | None = None,
+                 seed: int | None = None) -> None:
+        super().__init__(metric=metric, mode=mode, time_attr=time_attr, seed=seed)
+        self.max_t = check_number("max_t", max_t, low=0)
+        self.grace_period = check_number("grace_period", grace_period, low=0)
+        self.reduction_factor = check_int("reduction_factor", reduction_factor, low=2)
+        self.brackets = check_int("brackets", brackets, low=1)
+        self.variant = check_choice("variant", variant, VARIANTS)
+        if self.grace_period > self.max_t:
+            raise ValueError(f"grace_period must be <= max_t, got grace_period={grace_period}, "
+                             f"max_t={max_t}")
+        n = len(geometric_milestones(self.grace_period, self.reduction_factor, self.max_t))
+        if self.brackets > n:
+            raise ValueError(f"brackets must be <= {n} (the number of milestones for max_t={max_t}, "
+                             f"grace_period={grace_period}, reduction_factor={reduction_factor}), "
+                             f"got {brackets}")
+        self.synchronous = self.variant == "promote"
+        self.needs_checkpoints = self.variant == "promote"
+        self._milestones = [self._bracket_milestones(s) for s in range(self.brackets)]
+        self._reset()
+
+    def _bracket_milestones(self, s: int) -> list[Number]:
+        first = self.grace_period * self.reduction_factor ** s
+        return geometric_milestones(first, self.reduction_factor, self.max_t)
+
+    def _reset(self) -> None:
+        self._n_added = 0
+        self._trial_bracket: dict[str, int] = {}
+        self._rungs: list[list[dict[str, float]]] = [[{} for _ in ms] for ms in self._milestones]
+        self._promoted: list[list[list[str]]] = [[[] for _ in ms] for ms in self._milestones]
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "max_t": self.max_t, "grace_period": self.grace_period,
+                "reduction_factor": self.reduction_factor, "brackets": self.brackets,
+                "variant": self.variant}
+
+    def milestones(self, bracket: int = 0) -> list[Number]:
+        """The milestones of ``bracket`` (the last may equal ``max_t``)."""
+        return list(self._milestones[bracket])
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_trial_add(self, trial: Trial) -> None:
+        if trial.trial_id in self._trial_bracket:
+            return
+        s = self._n_added % self.brackets
+        self._n_added += 1
+        self._trial_bracket[trial.trial_id] = s
+        trial.bracket = s
+
+    def _bracket_of(self, trial: Trial) -> int:
+        if trial.trial_id not in self._trial_bracket:
+            self.on_trial_add(trial)
+        return self._trial_bracket[trial.trial_id]
+
+    def on_result(self, trial: Trial, result: Mapping[str, Any]) -> Decision:
+        if self.variant == "promote":
+            return self._on_result_promote(trial, result)
+        return self._on_result_stop(trial, result)
+
+    def _on_result_stop(self, trial: Trial, result: Mapping[str, Any]) -> Decision:
+        s, t, v = self._bracket_of(trial), self._time(result), self._value(result)
+        ms, rungs = self._milestones[s], self._rungs[s]
+        for k in reversed(range(len(ms))):  # the highest milestone passed decides (Ray Tune)
+            if t < ms[k]:
+                continue
+            if trial.trial_id in rungs[k]:
+                break
+            goes_on = asha_continues(v, rungs[k].values(), self.reduction_factor)
+            rungs[k][trial.trial_id] = v
+            trial.rung = _plain(ms[k])
+            if not goes_on:
+                return Decision.STOP
+            break
+        return Decision.STOP if t >= self.max_t else Decision.CONTINUE
+
+    def _target_rung(self, trial: Trial) -> int | None:
+        """The index of the next milestone at which the trial records a value (promote)."""
+        s = self._bracket_of(trial)
+        for k, rung in enumerate(self._rungs[s]):
+            if trial.trial_id not in rung:
+                return k
+        return None
+
+    def _on_result_promote(self, trial: Trial, result: Mapping[str, Any]) -> Decision:
+        s, t = self._bracket_of(trial), self._time(result)
+        k = self._target_rung(trial)
+        reached = False
+        if k is not None and t >= self._milestones[s][k]:
+            reached = True
+            self._rungs[s][k][trial.trial_id] = self._value(result)
+            trial.rung = _plain(self._milestones[s][k])
+        if t >= self.max_t:
+            return Decision.STOP
+        return Decision.PAUSE if reached else Decision.CONTINUE
+
+    def pause_at(self, trial: Trial) -> Number | None:
+        if self.variant != "promote":
+            return None
+        k = self._target_rung(trial)
+        if k is None:
+            return None
+        m = self._milestones[self._bracket_of(trial)][k]
+        return _plain(m) if m < self.max_t else None
+
+    def choose_trial_to_run(self, trials: Mapping[str, Trial], can_start_new: bool) -> Suggestion | None:
+        if self.variant == "stop":
+            return super().choose_trial_to_run(trials, can_start_new)
+        promoted = self._promotion(trials)
+        if promoted is not None:
+            return promoted
+        return StartNew() if can_start_new else None
+
+    def _promotion(self, trials: Mapping[str, Trial]) -> Resume | None:
+        """Scan rungs from the highest milestone down; resume the best promotable paused trial."""
+        order = sorted(((m, s, k) for s, ms in enumerate(self._milestones)
+                        for k, m in enumerate(ms) if m < self.max_t), key=lambda x: (-x[0], x[1]))
+        for _, s, k in order:
+            for tid in promotable(self._rungs[s][k], self._promoted[s][k], self.reduction_factor):
+                trial = trials.get(tid)
+                if trial is not None and trial.status == Status.PAUSED:
+                    self._promoted[s][k].append(tid)
+                    return Resume(tid)
+        return None
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "n_added": self._n_added,
+                "trial_bracket": dict(self._trial_bracket),
+                "rungs": [[encode_values(r) for r in rungs] for rungs in self._rungs],
+                "promoted": [[list(p) for p in ps] for ps in self._promoted]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._n_added = int(state["n_added"])
+        self._trial_bracket = {k: int(v) for k, v in state["trial_bracket"].items()}
+        self._rungs = [[decode_values(r) for r in rungs] for rungs in state["rungs"]]
+        self._promoted = [[list(p) for p in ps] for ps in state["promoted"]]
+
+
+def _plain(x: Number) -> Any:
+    """An int when ``x`` is integral (milestones of ``training_iteration`` stay ints)."""
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x

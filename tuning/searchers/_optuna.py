@@ -1,0 +1,330 @@
+"""Model-based search through Optuna's samplers with ask/tell (TPE, CMA-ES, GP, random, QMC).
+
+Optuna is imported lazily, inside methods, so ``import tuning.searchers`` stays light.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tuning.searchers._base import FINISHED, Searcher
+from tuning.searchers._random import check_points, check_points_in_space
+from tuning.space import Space
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["SAMPLERS", "OptunaSearch"]
+
+#: sampler names accepted by :class:`OptunaSearch`
+SAMPLERS = ("cmaes", "gp", "qmc", "random", "tpe")
+_WITH_STARTUP = ("cmaes", "gp", "tpe")
+
+
+def _sampler_class(name: str) -> Any:
+    import optuna.samplers as s
+
+    return {"cmaes": s.CmaEsSampler, "gp": s.GPSampler, "qmc": s.QMCSampler,
+            "random": s.RandomSampler, "tpe": s.TPESampler}[name]
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Optuna's INFO logging and its experimental/independent-sampling warnings."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _check_int(field: str, value: Any, minimum: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"searcher.{field} must be an integer >= {minimum} or null, got {value!r}")
+
+
+class OptunaSearch(Searcher):
+    """Suggest configs with an Optuna sampler through ask/tell.
+
+    Before every ask the study gets a freshly built sampler seeded from ``self.rng``, so each
+    config is a deterministic function of the told trials and the generator's state, also
+    after ``load_state_dict``. Grid parameters are treated as categorical; constants and
+    ``sample_from`` parameters are filled in after asking. Returns :data:`FINISHED` after
+    ``num_samples`` configs.
+
+    Args:
+        sampler: one of ``"tpe"``, ``"cmaes"``, ``"gp"``, ``"random"``, ``"qmc"``, or an
+            ``optuna.samplers.BaseSampler`` instance (used as is: its own seeding, no exact
+            restore).
+        seed: when given, the searcher uses ``numpy.random.default_rng(seed)`` instead of the
+            controller's generator.
+        points_to_evaluate: (partial) configs asked first, through ``Study.enqueue_trial``.
+        n_startup_trials: random trials before the model kicks in (tpe, gp, cmaes only).
+        sampler_kwargs: extra keyword arguments for the sampler class.
+
+    Example:
+        >>> import numpy as np
+        >>> from tuning.space import Space, uniform
+        >>> s = OptunaSearch("tpe", n_startup_trials=2)
+        >>> s.setup(Space({"x": uniform(0, 1)}), "loss", "min", np.random.default_rng(0), 3)
+        >>> for i in range(3):
+        ...     cfg = s.suggest(str(i))
+        ...     s.on_trial_complete(str(i), {"loss": (cfg["x"] - 0.3) ** 2})
+        >>> s.suggest("3")
+        'FINISHED'
+    """
+
+    def __init__(self, sampler: str | optuna.samplers.BaseSampler = "tpe", seed: int | None = None,
+                 points_to_evaluate: Sequence[Mapping[str, Any]] | None = None,
+                 n_startup_trials: int | None = None,
+                 sampler_kwargs: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.sampler_name, self._sampler_instance = self._check_sampler(sampler)
+        _check_int("seed", seed, 0)
+        _check_int("n_startup_trials", n_startup_trials, 0)
+        self.seed, self.n_startup_trials = seed, n_startup_trials
+        self.sampler_kwargs = self._check_sampler_kwargs(sampler_kwargs)
+        self.points_to_evaluate = check_points(points_to_evaluate)
+        self._make_sampler(0)  # fail now on bad sampler_kwargs
+        self.count = 0
+        self._next_point = 0
+        self._pending: dict[str, int] = {}
+        self._last: dict[str, float | None] = {}
+        self._dists: dict[str, Any] = {}
+        self._study: optuna.Study | None = None
+
+    # ---- validation -------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_sampler(sampler: Any) -> tuple[str, Any]:
+        if isinstance(sampler, str):
+            if sampler not in SAMPLERS:
+                raise ValueError(f"searcher.sampler: unknown {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+            return sampler, None
+        import optuna
+
+        if not isinstance(sampler, optuna.samplers.BaseSampler):
+            raise ValueError(f"searcher.sampler must be one of {', '.join(SAMPLERS)} or an optuna "  # noqa: TRY004
+                             f"BaseSampler, got {sampler!r}")
+        return type(sampler).__name__, sampler
+
+    def _check_sampler_kwargs(self, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        if self._sampler_instance is not None and (kwargs or self.n_startup_trials is not None):
+            raise ValueError("searcher.sampler_kwargs/n_startup_trials: not allowed with a sampler "
+                             "instance; configure the instance instead")
+        if self.n_startup_trials is not None and self.sampler_name not in _WITH_STARTUP:
+            raise ValueError(f"searcher.n_startup_trials: not used by sampler {self.sampler_name!r}; "
+                             f"only by {', '.join(_WITH_STARTUP)}")
+        if kwargs is None:
+            return {}
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            raise ValueError(f"searcher.sampler_kwargs must be a mapping of argument names, got {kwargs!r}")
+        for key in ("seed", "n_startup_trials"):
+            if key in kwargs:
+                raise ValueError(f"searcher.sampler_kwargs.{key}: set searcher.{key} instead")
+        return dict(kwargs)
+
+    def _make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """A fresh sampler seeded with ``seed`` (or the user's instance)."""
+        if self._sampler_instance is not None:
+            return self._sampler_instance
+        cls = _sampler_class(self.sampler_name)
+        params = inspect.signature(cls).parameters
+        kwargs = dict(self.sampler_kwargs)
+        if self.n_startup_trials is not None:
+            kwargs["n_startup_trials"] = self.n_startup_trials
+        for flag in ("warn_independent_sampling", "warn_asynchronous_seeding"):
+            if flag in params and params[flag].default is True:  # not the deprecated ones
+                kwargs.setdefault(flag, False)
+        try:
+            with _quiet():
+                return cls(seed=seed, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"searcher.sampler_kwargs: invalid for {cls.__name__}: {exc}") from None
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def setup(self, space: Space, metric: str, mode: str, rng: np.random.Generator,
+              num_samples: int = 1) -> None:
+        """Bind the space and build the Optuna study (direction from ``mode``)."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(f"metric must be a non-empty string, got {metric!r}")
+        _check_int("num_samples", num_samples, 1)
+        space = Space(space)
+        check_points_in_space(self.points_to_evaluate, space)
+        if self.seed is not None:
+            rng = np.random.default_rng(self.seed)
+        super().setup(space, metric, mode, rng, num_samples)
+        self._dists = space.to_optuna()
+        self._study = self._new_study()
+
+    def settings(self) -> dict[str, Any]:
+        return {"type": "optuna", "sampler": self.sampler_name, "seed": self.seed,
+                "n_startup_trials": self.n_startup_trials, "sampler_kwargs": self.sampler_kwargs,
+                "points_to_evaluate": self.points_to_evaluate}
+
+    def _new_study(self) -> optuna.Study:
+        import optuna
+
+        with _quiet():
+            return optuna.create_study(
+                storage=optuna.storages.InMemoryStorage(),
+                direction="minimize" if self.mode == "min" else "maximize",
+                sampler=self._make_sampler(0))
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study (after ``setup``)."""
+        if self._study is None or self.space is None:
+            raise RuntimeError("OptunaSearch used before setup()")
+        return self._study
+
+    # ---- ask / tell -------------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
+        """Ask the study for the next config, or :data:`FINISHED` after ``num_samples``."""
+        study = self.study
+        if self.count >= self.num_samples:
+            return FINISHED
+        extra = self._enqueue_next_point(study)
+        with _quiet():
+            if self._sampler_instance is None:
+                study.sampler = self._make_sampler(int(self.rng.integers(2**31)))
+            trial = study.ask(self._dists)
+        self._pending[trial_id] = trial.number
+        self.count += 1
+        assert self.space is not None
+        return self.space.resolve({**trial.params, **extra})
+
+    def _enqueue_next_point(self, study: optuna.Study) -> dict[str, Any]:
+        """Enqueue the next ``points_to_evaluate`` entry; return its non-Optuna values."""
+        if self._next_point >= len(self.points_to_evaluate):
+            return {}
+        point = self.points_to_evaluate[self._next_point]
+        self._next_point += 1
+        study.enqueue_trial({k: v for k, v in point.items() if k in self._dists})
+        return {k: v for k, v in point.items() if k not in self._dists}
+
+    def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Remember the trial's last reported metric value."""
+        if trial_id in self._pending and self.metric is not None and self.metric in result:
+            self._last[trial_id] = _finite_or_none(result[self.metric])
+
+    def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None,
+                          error: bool = False) -> None:
+        """Tell the study the last metric value (FAIL on error or a missing/NaN metric)."""
+        import optuna
+
+        number = self._pending.pop(trial_id, None)
+        value = self._last.pop(trial_id, None)
+        if number is None:
+            return
+        if result is not None and self.metric is not None and self.metric in result:
+            value = _finite_or_none(result[self.metric])
+        with _quiet():
+            if error or value is None:
+                self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study.tell(number, value)
+
+    def add_evaluated_point(self, config: Mapping[str, Any], value: float) -> None:
+        """Add a completed trial evaluated elsewhere (warm start).
+
+        Raises:
+            ValueError: when ``config`` lacks a parameter, a value lies outside the space, or
+                ``value`` is not a finite number.
+        """
+        import optuna
+
+        study = self.study
+        finite = _finite_or_none(value)
+        if finite is None:
+            raise ValueError(f"add_evaluated_point: value must be a finite number, got {value!r}")
+        params = self._params_in_space(config)
+        with _quiet():
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=dict(self._dists), value=finite))
+
+    def _params_in_space(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        missing = sorted(set(self._dists) - set(config))
+        if missing:
+            raise ValueError(f"add_evaluated_point: config lacks parameter(s) {missing}")
+        for name, dist in self._dists.items():
+            try:
+                ok = dist._contains(dist.to_internal_repr(config[name]))
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
+                raise ValueError(f"add_evaluated_point: space.{name}: {config[name]!r} is outside the space")
+        return {name: config[name] for name in self._dists}
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state: generator, counters, pending trials and every study trial."""
+        study = self.study
+        storage = study._storage
+        study_id = storage.get_study_id_from_name(study.study_name)
+        return {
+            "rng": self.rng.bit_generator.state,
+            "count": self.count,
+            "next_point": self._next_point,
+            "pending": dict(self._pending),
+            "last": dict(self._last),
+            "study_system_attrs": storage.get_study_system_attrs(study_id),
+            "trials": [_trial_to_dict(t) for t in study.get_trials(deepcopy=False)],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Rebuild the study from ``state`` (call after ``setup``)."""
+        self.study  # noqa: B018 - raises before setup
+        study = self._new_study()
+        storage = study._storage
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for key, value in state["study_system_attrs"].items():
+            storage.set_study_system_attr(study_id, key, value)
+        with _quiet():
+            for expected, record in enumerate(sorted(state["trials"], key=lambda t: t["number"])):
+                if record["number"] != expected:
+                    raise ValueError(f"searcher state: trial numbers must be 0..n-1, missing {expected}")
+                study.add_trial(_trial_from_dict(record, self._dists))
+        self._study = study
+        self.rng.bit_generator.state = state["rng"]
+        self.count = int(state["count"])
+        self._next_point = int(state["next_point"])
+        self._pending = {str(k): int(v) for k, v in state["pending"].items()}
+        self._last = {str(k): v for k, v in state["last"].items()}
+
+
+def _trial_to_dict(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"number": trial.number, "state": trial.state.name, "params": dict(trial.params),
+            "value": trial.value if trial.state.name == "COMPLETE" else None,
+            "system_attrs": dict(trial.system_attrs)}
+
+
+def _trial_from_dict(record: Mapping[str, Any], dists: Mapping[str, Any]) -> optuna.trial.FrozenTrial:
+    import optuna
+
+    state = optuna.trial.TrialState[record["state"]]
+    params = dict(record["params"])
+    return optuna.trial.create_trial(
+        state=state, params=params, distributions={k: dists[k] for k in params},
+        value=record["value"] if state == optuna.trial.TrialState.COMPLETE else None,
+        system_attrs=dict(record["system_attrs"]))

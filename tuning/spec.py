@@ -1,0 +1,381 @@
+"""ExperimentSpec: one validated schema for the Python API, YAML files, the CLI and Prefect
+deployment parameters.
+
+Example (the YAML form)::
+
+    name: digits-asha
+    trainable: examples.digits:train_digits
+    metric: mean_accuracy
+    mode: max
+    num_samples: 24
+    space:
+      lr: {type: loguniform, low: 1.0e-4, high: 0.1}
+      momentum: {type: uniform, low: 0.1, high: 0.9}
+    scheduler: {type: asha, max_t: 10, grace_period: 1, reduction_factor: 3}
+    searcher: {type: random}
+    backend: {type: dask}
+
+Every field is checked before any cluster starts; errors name the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tuning.backends import BACKEND_TYPES
+from tuning.space import Domain, SampleFrom, Space
+
+__all__ = ["ExperimentSpec", "StopSpec", "load_spec", "resolve_trainable", "trainable_path",
+           "SpecError", "spec_diff"]
+
+
+class SpecError(ValueError):
+    """An experiment spec that cannot work; the message names the field."""
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class StopSpec(BaseModel):
+    """Stop conditions (``stop:`` in YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+    time_budget_s: float | None = Field(None, gt=0)
+    total_iterations: int | None = Field(None, ge=1)
+    metric_threshold: float | None = None
+    max_iter: int | None = Field(None, ge=1)
+    plateau: dict[str, Any] | None = None
+
+
+class ExperimentSpec(BaseModel):
+    """The whole description of a tuning experiment."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = "experiment"
+    run_name: str | None = None
+    trainable: str = Field(..., description="import path 'package.module:function' or "
+                                            "'path/to/file.py:function'")
+    space: dict[str, Any]
+    metric: str
+    mode: Literal["min", "max"] = "max"
+    num_samples: int = Field(1, ge=1)
+    scheduler: dict[str, Any] = Field(default_factory=lambda: {"type": "fifo"})
+    searcher: dict[str, Any] = Field(default_factory=lambda: {"type": "random"})
+    backend: dict[str, Any] = Field(default_factory=lambda: {"type": "dask"})
+    resources: dict[str, float] = Field(default_factory=dict)
+    storage_path: str = "./runs"
+    tracking_uri: str | None = None
+    seed: int | None = None
+    max_failures: int = Field(0, ge=0)
+    fail_fast: bool = False
+    timeout_s: float | None = Field(None, gt=0)
+    max_concurrent: int | None = Field(None, ge=1)
+    stop: StopSpec = Field(default_factory=StopSpec)
+    tags: dict[str, str] = Field(default_factory=dict)
+    tensorboard: bool = False
+
+    @field_validator("name", "run_name")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"name must be letters, digits, '.', '_' or '-' (it names a "
+                             f"directory and an MLflow experiment), got {v!r}")
+        return v
+
+    @field_validator("trainable")
+    @classmethod
+    def _check_trainable(cls, v: str) -> str:
+        if ":" not in v.replace("::", "") or v.endswith(":") or v.startswith(":"):
+            raise ValueError(f"trainable must be an import path 'package.module:function' or "
+                             f"'path/to/file.py:function', got {v!r}")
+        return v
+
+    @field_validator("space")
+    @classmethod
+    def _check_space(cls, v: dict[str, Any]) -> dict[str, Any]:
+        Space(v)  # raises ValueError naming the parameter
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from tuning.schedulers import make_scheduler
+
+        _component(v, "scheduler", make_scheduler)
+        return v
+
+    @field_validator("searcher")
+    @classmethod
+    def _check_searcher(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from tuning.searchers import make_searcher
+
+        _component(v, "searcher", make_searcher)
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: dict[str, Any]) -> dict[str, Any]:
+        kind = v.get("type", "dask")
+        if kind not in BACKEND_TYPES:
+            raise ValueError(f"backend.type: unknown {kind!r}; allowed: {', '.join(BACKEND_TYPES)}")
+        allowed = _BACKEND_FIELDS[kind]
+        unknown = sorted(set(v) - allowed - {"type"})
+        if unknown:
+            raise ValueError(f"backend.{unknown[0]}: unknown field for type {kind!r}; allowed: "
+                             f"{', '.join(sorted(allowed))}")
+        addr = v.get("address")
+        if addr is not None and (not isinstance(addr, str) or not addr):
+            raise ValueError(f"backend.address must be a non-empty string, got {addr!r}")
+        return {"type": kind, **{k: x for k, x in v.items() if k != "type"}}
+
+    @field_validator("resources")
+    @classmethod
+    def _check_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for key, amount in v.items():
+            k = key.lower()
+            if k not in ("cpu", "gpu") and not k.startswith("custom:"):
+                raise ValueError(f"resources.{key}: unknown resource; allowed: cpu, gpu")
+            if amount < 0:
+                raise ValueError(f"resources.{key} must be >= 0, got {amount}")
+            out[k] = float(amount)
+        return out
+
+    @model_validator(mode="after")
+    def _check_together(self) -> "ExperimentSpec":
+        sched = dict(self.scheduler)
+        if sched.get("metric") not in (None, self.metric):
+            raise ValueError(f"scheduler.metric {sched['metric']!r} differs from metric "
+                             f"{self.metric!r}; leave it out")
+        return self
+
+    # -- conveniences ----------------------------------------------------------------------
+    def with_run_name(self) -> "ExperimentSpec":
+        """This spec with ``run_name`` set: given, or ``<name>-<YYYYmmdd-HHMMSS>``."""
+        if self.run_name:
+            return self
+        import time
+
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = f"{self.name}-{stamp}"
+        run_name, i = base, 1
+        while _exists(f"{self.storage_path.rstrip('/')}/{run_name}"):
+            i += 1
+            run_name = f"{base}-{i}"
+        return self.model_copy(update={"run_name": run_name})
+
+    def experiment_dir(self) -> str:
+        """``<storage_path>/<run_name>``: the journal and checkpoints of this run."""
+        return f"{self.storage_path.rstrip('/')}/{self.run_name or self.name}"
+
+    def effective_tracking_uri(self) -> str:
+        """The MLflow tracking URI: given, or SQLite under the storage path."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        root = self.storage_path
+        if "://" in root and not root.startswith("file://"):
+            raise SpecError("tracking_uri: needed when storage_path is remote "
+                            f"({root!r}); e.g. http://mlflow.internal:5000")
+        path = Path(root.removeprefix("file://")).expanduser().resolve()
+        return f"sqlite:///{path}/mlflow.db"
+
+    def build_space(self) -> Space:
+        return Space(self.space)
+
+    def build_scheduler(self) -> Any:
+        from tuning.schedulers import make_scheduler
+
+        return make_scheduler(**_domains_in(self.scheduler))
+
+    def build_searcher(self) -> Any:
+        from tuning.searchers import make_searcher
+
+        return make_searcher(**self.searcher)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (sample_from parameters written by name)."""
+        d = self.model_dump(mode="python")
+        d["space"] = Space(self.space).to_dict()
+        return _jsonable(d)
+
+
+_BACKEND_FIELDS: dict[str, set[str]] = {
+    "dask": {"address", "cluster_class", "cluster_kwargs", "adapt", "n_workers",
+             "connect_timeout_s"},
+    "ray": {"address", "cluster_config", "num_cpus", "num_gpus", "init_kwargs",
+            "connect_timeout_s", "runtime_env"},
+    "simulated": {"n_workers", "time_scale"},
+}
+
+
+def _exists(url: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(path))
+
+
+def _component(v: Mapping[str, Any], kind: str, factory: Callable[..., Any]) -> Any:
+    if "type" not in v:
+        raise ValueError(f"{kind}.type is required")
+    try:
+        return factory(**_domains_in(dict(v)))
+    except TypeError as exc:
+        raise ValueError(f"{kind}: {exc}") from None
+
+
+def _domains_in(d: dict[str, Any]) -> dict[str, Any]:
+    return dict(d)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Domain):
+        return obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):
+        return obj.item()
+    return repr(obj)
+
+
+def load_spec(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
+              ) -> ExperimentSpec:
+    """Read a YAML experiment file with a safe loader and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"experiment file {str(p)!r} not found")
+    with p.open() as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}: must be a mapping of fields (name, trainable, space, ...)")
+    data.update(overrides or {})
+    return validate_spec(data)
+
+
+def validate_spec(data: Mapping[str, Any]) -> ExperimentSpec:
+    """Validate, turning pydantic's errors into one message naming each field."""
+    from pydantic import ValidationError
+
+    try:
+        return ExperimentSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: Any) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.split(":")[0].split(".")[0] == loc.split(".")[0] or msg.startswith(f"{loc}"):
+            lines.append(msg)
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown field; allowed: "
+                         f"{', '.join(ExperimentSpec.model_fields)}")
+        elif err["type"] == "missing":
+            lines.append(f"{loc}: required field missing")
+        else:
+            lines.append(f"{loc}: {msg} (got {err.get('input')!r})")
+    return "invalid experiment spec:\n  " + "\n  ".join(lines)
+
+
+# -- trainables ----------------------------------------------------------------------------
+def trainable_path(fn: Callable[..., Any]) -> str:
+    """An import path for a function, also for one defined in a script's ``__main__``."""
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", "")
+    if not module or "<" in name:
+        raise SpecError(f"trainable {fn!r} has no import path (a lambda or a nested function): "
+                        "define it at module level")
+    if module != "__main__":
+        return f"{module}:{name}"
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    if not main_file:
+        return f"__main__:{name}"  # an interactive session: resumable from Python only
+    main = Path(main_file).resolve()
+    for entry in sys.path:
+        try:
+            rel = main.relative_to(Path(entry or os.getcwd()).resolve())
+        except ValueError:
+            continue
+        if rel.suffix == ".py":
+            return ".".join(rel.with_suffix("").parts) + f":{name}"
+    return f"{main}:{name}"
+
+
+def resolve_trainable(path: str) -> Callable[..., Any]:
+    """Import the trainable the spec names; a clear error when it does not resolve."""
+    module_part, _, attr = path.rpartition(":")
+    try:
+        if module_part.endswith(".py"):
+            module = _import_file(module_part)
+        else:
+            module = importlib.import_module(module_part)
+    except Exception as exc:  # noqa: BLE001 - report any import failure the same way
+        raise SpecError(f"trainable: cannot import module {module_part!r} for {path!r} "
+                        f"({type(exc).__name__}: {exc})") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SpecError(f"trainable: module {module_part!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SpecError(f"trainable: {path!r} is not callable")
+    return obj
+
+
+def _import_file(file: str) -> Any:
+    p = Path(file).expanduser().resolve()
+    if not p.is_file():
+        raise FileNotFoundError(str(p))
+    name = f"rungflow_trainable_{p.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, p)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)  # workers need not see the file
+    return module
+
+
+def spec_diff(old: Mapping[str, Any], new: Mapping[str, Any],
+              fields: tuple[str, ...] = ("space", "metric", "mode", "num_samples", "scheduler",
+                                         "searcher", "trainable", "seed")) -> list[str]:
+    """What changed between two JSON spec dicts, in the fields that resume cannot change."""
+    out = []
+    for f in fields:
+        a, b = old.get(f), new.get(f)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                keys = sorted(set(a) | set(b))
+                parts = [f"{f}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys
+                         if a.get(k) != b.get(k)]
+                out.extend(parts)
+            else:
+                out.append(f"{f}: {a!r} -> {b!r}")
+    return out
+
+
+def has_sample_from(space: Mapping[str, Any]) -> bool:
+    return any(isinstance(v, SampleFrom) for v in space.values())

@@ -1,0 +1,260 @@
+"""MLflow as a projection of the journal.
+
+One parent run per experiment (params: the search space, scheduler and searcher settings) and a
+nested child run per trial (params: its config; every reported metric at step =
+training_iteration; tags: trial id, status, the milestone it stopped at; its last checkpoint as
+an artifact; the traceback of a failed trial). Writes are idempotent: a child run is found again
+by its ``rungflow.trial_id`` tag and metric steps already logged are skipped, so replaying a
+journal after a crash never duplicates anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Iterable, Mapping
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from tuning._trial import ITERATION, Status, Trial
+
+__all__ = ["MlflowTracker", "run_name", "check_tracking_uri"]
+
+_SKIP = {ITERATION, "timestamp", "checkpoint"}
+_MLFLOW_STATUS = {Status.TERMINATED: "FINISHED", Status.STOPPED: "FINISHED",
+                  Status.ERROR: "FAILED"}
+
+
+def run_name(trial_id: str, config: Mapping[str, Any], limit: int = 4) -> str:
+    """``trial-007 lr=3.1e-3 momentum=0.82``: the trial and its config, short."""
+    parts = [trial_id]
+    for k, v in list(config.items())[:limit]:
+        parts.append(f"{k}={_short(v)}")
+    return " ".join(parts)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2g}" if abs(v) >= 0.01 or v == 0 else f"{v:.1e}"
+    return str(v)[:16]
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail early, with the URI in the message, when the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s)  # noqa: S310
+        except (urllib.error.URLError, OSError) as exc:
+            raise ValueError(f"tracking_uri: cannot reach the MLflow server at {uri!r} "
+                             f"({getattr(exc, 'reason', exc)})") from None
+    elif uri.startswith("sqlite:///"):
+        folder = os.path.dirname(uri.removeprefix("sqlite:///")) or "."
+        if not os.path.isdir(folder):
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"tracking_uri: cannot create {folder!r} for {uri!r} ({exc})") \
+                    from None
+
+
+class MlflowTracker:
+    """Writes journal events to MLflow, idempotently."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, metric: str, mode: str,
+                 parent_params: Mapping[str, Any] | None = None,
+                 tags: Mapping[str, str] | None = None) -> None:
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment = experiment
+        self.run_name = run_name
+        self.metric, self.mode = metric, mode
+        self.parent_params = dict(parent_params or {})
+        self.tags = dict(tags or {})
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.logged_step: dict[str, int] = {}  # trial id -> highest step logged
+        self.configs: dict[str, dict[str, Any]] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+    def open(self, parent_run_id: str | None = None) -> str:
+        """Find or create the MLflow experiment and the parent run; return its id."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                self.experiment, tags={"mlflow.experimentKind": "custom_model_development",
+                                       "rungflow.experiment": self.experiment})
+        else:
+            self.experiment_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+        self.parent_run_id = parent_run_id or self._find_parent()
+        if self.parent_run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={
+                "rungflow.role": "parent", "rungflow.experiment": self.experiment,
+                "rungflow.run_name": self.run_name, **self.tags})
+            self.parent_run_id = run.info.run_id
+            params = [Param(k, _param(v)) for k, v in self.parent_params.items()]
+            self._log_batch(self.parent_run_id, params=params)
+        else:
+            self.client.set_terminated(self.parent_run_id, "RUNNING")
+            self._load_children()
+        return self.parent_run_id
+
+    def _find_parent(self) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string="tags.`rungflow.role` = 'parent' and "
+            f"tags.`rungflow.run_name` = '{self.run_name}'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def _load_children(self) -> None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=50000)
+        for r in runs:
+            tid = r.data.tags.get("rungflow.trial_id")
+            if tid is None:
+                continue
+            self.runs[tid] = r.info.run_id
+            hist = self.client.get_metric_history(r.info.run_id, self.metric)
+            self.logged_step[tid] = max((m.step for m in hist), default=0)
+
+    # -- projection ------------------------------------------------------------------------
+    def apply(self, events: Iterable[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
+        """Write a batch of committed journal events."""
+        metrics: dict[str, list[Metric]] = {}
+        ended: list[str] = []
+        for ev in events:
+            kind, tid = ev["event"], ev.get("trial_id")
+            if kind == "trial_created":
+                self._ensure_run(tid, ev["config"])
+            elif kind == "segment_started" and tid in self.configs and \
+                    ev.get("config") != self.configs.get(tid):
+                self._config_changed(tid, ev["config"], ev.get("segment_id"))
+            elif kind == "result":
+                self._ensure_run(tid, trials[tid].config)
+                metrics.setdefault(tid, []).extend(self._metrics(tid, ev["result"]))
+            elif kind == "failure":
+                self._ensure_run(tid, trials[tid].config)
+                self._log_text(tid, f"failure-{ev['num_failures']}.txt", ev["error"])
+            elif kind == "trial_status" and Status(ev["status"]) != Status.RUNNING:
+                ended.append(tid)
+            elif kind == "finished":
+                self.finish(trials, ev)
+        for tid, ms in metrics.items():
+            for i in range(0, len(ms), 900):
+                self._log_batch(self.runs[tid], metrics=ms[i:i + 900])
+        for tid in dict.fromkeys(ended):
+            self._trial_ended(trials[tid])
+
+    def _ensure_run(self, trial_id: str, config: Mapping[str, Any]) -> str:
+        if trial_id in self.runs:
+            self.configs.setdefault(trial_id, dict(config))
+            return self.runs[trial_id]
+        assert self.parent_run_id is not None and self.experiment_id is not None
+        run = self.client.create_run(self.experiment_id, run_name=run_name(trial_id, config), tags={
+            "mlflow.parentRunId": self.parent_run_id, "rungflow.trial_id": trial_id,
+            "rungflow.experiment": self.experiment, "rungflow.run_name": self.run_name,
+            "rungflow.status": "PENDING"})
+        self.runs[trial_id] = run.info.run_id
+        self.configs[trial_id] = dict(config)
+        self.logged_step[trial_id] = 0
+        self._log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in config.items()])
+        return run.info.run_id
+
+    def _config_changed(self, trial_id: str, config: Mapping[str, Any], segment: Any) -> None:
+        """PBT changed the config mid-run: params are immutable, so log it as tags."""
+        self.configs[trial_id] = dict(config)
+        self._log_batch(self.runs[trial_id], tags=[
+            RunTag(f"rungflow.config.segment{segment}", json.dumps(config, default=str)[:5000])])
+
+    def _metrics(self, trial_id: str, result: Mapping[str, Any]) -> list[Metric]:
+        step = int(result[ITERATION])
+        if step <= self.logged_step.get(trial_id, 0):
+            return []  # already in MLflow (a replay after a crash)
+        self.logged_step[trial_id] = step
+        ts = int(float(result.get("timestamp", time.time())) * 1000)
+        return [Metric(k, float(v), ts, step) for k, v in result.items()
+                if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(float(v))]
+
+    def _trial_ended(self, trial: Trial) -> None:
+        run_id = self._ensure_run(trial.trial_id, trial.config)
+        tags = [RunTag("rungflow.status", str(trial.status)),
+                RunTag("rungflow.iterations", str(trial.iteration))]
+        if trial.stopped_at is not None:
+            tags.append(RunTag("rungflow.stopped_at", str(trial.stopped_at)))
+        if trial.rung is not None:
+            tags.append(RunTag("rungflow.rung", str(trial.rung)))
+        if trial.error:
+            tags.append(RunTag("rungflow.error", trial.error.strip().splitlines()[-1][:4000]))
+            self._log_text(trial.trial_id, "error.txt", trial.error)
+        self._log_batch(run_id, tags=tags)
+        if trial.status == Status.PAUSED:
+            return
+        if trial.checkpoint and not trial.checkpoint.startswith("sim://"):
+            self._log_checkpoint(run_id, trial.checkpoint)
+        self.client.set_terminated(run_id, _MLFLOW_STATUS.get(trial.status, "FINISHED"))
+
+    def _log_checkpoint(self, run_id: str, url: str) -> None:
+        import fsspec
+
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                local = os.path.join(d, url.rstrip("/").rsplit("/", 1)[-1])
+                with fsspec.open(url, "rb") as src, open(local, "wb") as dst:
+                    dst.write(src.read())
+                self.client.log_artifact(run_id, local, artifact_path="checkpoint")
+        except FileNotFoundError:
+            self._log_batch(run_id, tags=[RunTag("rungflow.checkpoint_missing", url)])
+        self._log_batch(run_id, tags=[RunTag("rungflow.checkpoint", url)])
+
+    def _log_text(self, trial_id: str, name: str, text: str) -> None:
+        self.client.log_text(self.runs[trial_id], text, name)
+
+    def _log_batch(self, run_id: str, metrics: list[Metric] | None = None,
+                   params: list[Param] | None = None, tags: list[RunTag] | None = None) -> None:
+        self.client.log_batch(run_id, metrics=metrics or [], params=params or [], tags=tags or [])
+
+    # -- the end ---------------------------------------------------------------------------
+    def finish(self, trials: Mapping[str, Trial], event: Mapping[str, Any]) -> None:
+        """Tag the best trial, write the leaderboard on the parent, end the parent run."""
+        best = event.get("best_trial")
+        assert self.parent_run_id is not None
+        tags = [RunTag("rungflow.finished_reason", str(event.get("reason")))]
+        if best and best in self.runs:
+            self._log_batch(self.runs[best], tags=[RunTag("rungflow.best", "true")])
+            tags.append(RunTag("rungflow.best_trial", best))
+            tags.append(RunTag("rungflow.best_run_id", self.runs[best]))
+            last = trials[best].last_result or {}
+            if isinstance(last.get(self.metric), (int, float)):
+                self._log_batch(self.parent_run_id, metrics=[Metric(
+                    f"best_{self.metric}", float(last[self.metric]), int(time.time() * 1000), 0)])
+        self._log_batch(self.parent_run_id, tags=tags)
+        self.client.log_dict(self.parent_run_id, _leaderboard(trials, self.metric, self.mode),
+                             "leaderboard.json")
+        self.client.set_terminated(self.parent_run_id, "FINISHED")
+
+
+def _leaderboard(trials: Mapping[str, Trial], metric: str, mode: str) -> list[dict[str, Any]]:
+    rows = []
+    for t in trials.values():
+        last = (t.last_result or {}).get(metric)
+        rows.append({"trial_id": t.trial_id, "status": str(t.status), metric: last,
+                     "iterations": t.iteration, "config": t.config})
+    sign = -1 if mode == "max" else 1
+    return sorted(rows, key=lambda r: (r[metric] is None, sign * (r[metric] or 0)))
+
+
+def _param(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s[:6000]

@@ -1,0 +1,152 @@
+"""Tuner: the Python entry point. Builds the spec, runs the tune flow, returns the result.
+
+Example:
+    >>> from tuning import Tuner, ASHA, loguniform, uniform      # doctest: +SKIP
+    >>> result = Tuner(train, space={"lr": loguniform(1e-4, 1e-1)}, metric="acc", mode="max",
+    ...                num_samples=24, scheduler=ASHA(max_t=10)).run()
+    >>> result.best_config, result.best_metric, result.best_checkpoint
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Mapping
+
+from tuning.results import TuneResult, load_result
+from tuning.runner import Components
+from tuning.space import Domain, SampleFrom, Space
+from tuning.spec import ExperimentSpec, SpecError, trainable_path, validate_spec
+
+__all__ = ["Tuner", "component_spec"]
+
+_SCHEDULER_NAMES = {"FIFO": "fifo", "ASHA": "asha", "HyperBand": "hyperband",
+                    "MedianStopping": "median", "MedianStoppingRule": "median", "PBT": "pbt",
+                    "BOHB": "bohb"}
+_SEARCHER_NAMES = {"RandomSearch": "random", "GridSearch": "grid", "OptunaSearch": "optuna"}
+
+
+def component_spec(obj: Any, names: Mapping[str, str], kind: str) -> dict[str, Any]:
+    """The spec dict of a scheduler or searcher instance (its constructor arguments)."""
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    cls = type(obj).__name__
+    if cls == "ConcurrencyLimiter":
+        inner = component_spec(obj.searcher, names, kind)
+        return {**inner, "max_concurrent": obj.spec_args.get("max_concurrent")}
+    if cls not in names:
+        return {"type": f"custom:{type(obj).__module__}.{cls}"}
+    args = {k: _plain(v) for k, v in getattr(obj, "spec_args", {}).items()}
+    return {"type": names[cls], **args}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Domain):
+        return v.to_dict()
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+class Tuner:
+    """Tune ``trainable`` over ``space``.
+
+    Args:
+        trainable: a function ``f(config)`` that calls :func:`tuning.report`, or its import
+            path ``"package.module:function"``.
+        space: parameter name -> domain (``uniform(...)``, ``loguniform(...)``, ...) or constant.
+        metric, mode: what to optimise, ``"min"`` or ``"max"``.
+        num_samples: how many trials (times the grid size when the space has grids).
+        scheduler, searcher: instances or spec dicts (``{"type": "asha", "max_t": 10}``).
+        backend: ``{"type": "dask"}`` (default: a LocalCluster with a worker per core),
+            ``{"type": "dask", "address": ...}``, ``{"type": "ray"}``, ...
+        storage_path: where the journal and checkpoints go (a directory or an fsspec URL).
+        tracking_uri: MLflow; default SQLite under ``storage_path``.
+        name: the experiment's name (a directory under storage_path and the MLflow experiment).
+        **kwargs: any other :class:`~tuning.spec.ExperimentSpec` field (seed, max_failures,
+            fail_fast, timeout_s, resources, stop, max_concurrent, tags, ...).
+    """
+
+    def __init__(self, trainable: Callable[..., Any] | str, *, space: Mapping[str, Any],
+                 metric: str, mode: str = "max", num_samples: int = 1, scheduler: Any = None,
+                 searcher: Any = None, backend: Mapping[str, Any] | None = None,
+                 storage_path: str = "./runs", tracking_uri: str | None = None,
+                 name: str | None = None, **kwargs: Any) -> None:
+        self._trainable = trainable if callable(trainable) else None
+        path = trainable if isinstance(trainable, str) else trainable_path(trainable)
+        self._space = Space(space)  # raises, naming the parameter
+        sched = component_spec(scheduler, _SCHEDULER_NAMES, "scheduler") or {"type": "fifo"}
+        search = component_spec(searcher, _SEARCHER_NAMES, "searcher") or {"type": "random"}
+        data: dict[str, Any] = {
+            "name": name or _default_name(path), "trainable": path,
+            "space": {k: v for k, v in self._space.items() if not isinstance(v, SampleFrom)},
+            "metric": metric, "mode": mode, "num_samples": num_samples,
+            "scheduler": sched if not sched["type"].startswith("custom:") else {"type": "fifo"},
+            "searcher": search if not search["type"].startswith("custom:") else {"type": "random"},
+            "backend": dict(backend or {"type": "dask"}), "storage_path": str(storage_path),
+            "tracking_uri": tracking_uri, **kwargs}
+        self.spec: ExperimentSpec = validate_spec(data)
+        if any(isinstance(v, SampleFrom) for v in self._space.values()):
+            self.spec.space = dict(self._space.items())
+        self.components = Components(
+            trainable=self._trainable, space=self._space,
+            scheduler=scheduler if scheduler is not None and not isinstance(scheduler, Mapping)
+            else None,
+            searcher=searcher if searcher is not None and not isinstance(searcher, Mapping)
+            else None)
+
+    @classmethod
+    def from_spec(cls, spec: ExperimentSpec | Mapping[str, Any]) -> "Tuner":
+        s = spec if isinstance(spec, ExperimentSpec) else validate_spec(spec)
+        self = cls.__new__(cls)
+        self.spec, self.components, self._trainable = s, Components(), None
+        return self
+
+    def run(self, resume: bool = False) -> TuneResult:
+        """Run the tune flow to the end and return the result."""
+        _quiet_defaults()
+        from flows.tune import tune
+
+        out = tune(spec=self.spec, resume=resume, components=self.components)
+        self.spec = self.spec.model_copy(update={"run_name": out["run_name"]})
+        return self.result()
+
+    def result(self) -> TuneResult:
+        res = load_result(self.spec.experiment_dir())
+        res.tracking_uri = self.spec.effective_tracking_uri()
+        return res
+
+    @classmethod
+    def resume(cls, path: str, trainable: Callable[..., Any] | None = None,
+               **overrides: Any) -> TuneResult:
+        """Continue an interrupted experiment from its journal (the spec is read from it)."""
+        from tuning.experiment import Journal, find_experiment_dirs, replay
+
+        dirs = find_experiment_dirs(path)
+        if len(dirs) != 1:
+            raise SpecError(f"resume: {path!r} holds {len(dirs)} experiments"
+                            + (f": {', '.join(dirs)}" if dirs else "") + "; name exactly one")
+        st = replay(Journal(dirs[0]).read())
+        if st.spec is None:
+            raise SpecError(f"resume: {dirs[0]} has no experiment_created event")
+        data = {**st.spec, **overrides}
+        data["storage_path"] = dirs[0].rsplit("/", 1)[0]
+        tuner = cls.from_spec(data)
+        tuner.components = Components(trainable=trainable)
+        return tuner.run(resume=True)
+
+
+def _default_name(path: str) -> str:
+    fn = path.rsplit(":", 1)[-1].replace(".", "-").strip("_") or "experiment"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in fn) or "experiment"
+
+
+def _quiet_defaults() -> None:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name in ("prefect.task_runs", "prefect.flow_runs", "distributed", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
