@@ -24,6 +24,7 @@ from tuning._trial import ITERATION, Status, Trial
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew, Suggestion
 from tuning.schedulers._common import (
     Number,
+    as_rung,
     check_choice,
     check_int,
     check_number,
@@ -198,7 +199,7 @@ class ASHA(Scheduler):
                 break
             goes_on = asha_continues(v, rungs[k].values(), self.reduction_factor)
             rungs[k][trial.trial_id] = v
-            trial.rung = _plain(ms[k])
+            trial.rung = as_rung(ms[k])
             if not goes_on:
                 return Decision.STOP
             break
@@ -219,7 +220,7 @@ class ASHA(Scheduler):
         if k is not None and t >= self._milestones[s][k]:
             reached = True
             self._rungs[s][k][trial.trial_id] = self._value(result)
-            trial.rung = _plain(self._milestones[s][k])
+            trial.rung = as_rung(self._milestones[s][k])
         if t >= self.max_t:
             return Decision.STOP
         return Decision.PAUSE if reached else Decision.CONTINUE
@@ -231,7 +232,7 @@ class ASHA(Scheduler):
         if k is None:
             return None
         m = self._milestones[self._bracket_of(trial)][k]
-        return _plain(m) if m < self.max_t else None
+        return as_rung(m) if m < self.max_t else None
 
     def choose_trial_to_run(self, trials: Mapping[str, Trial], can_start_new: bool) -> Suggestion | None:
         if self.variant == "stop":
@@ -267,9 +268,3 @@ class ASHA(Scheduler):
         self._rungs = [[decode_values(r) for r in rungs] for rungs in state["rungs"]]
         self._promoted = [[list(p) for p in ps] for ps in state["promoted"]]
 
-
-def _plain(x: Number) -> Any:
-    """An int when ``x`` is integral (milestones of ``training_iteration`` stay ints)."""
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    return x

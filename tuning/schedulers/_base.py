@@ -127,8 +127,13 @@ class Scheduler(RecordsArgs):
     def on_trial_error(self, trial: Trial) -> None:
         pass
 
-    def pause_at(self, trial: Trial) -> int | None:
-        """The resource value at which the trial's next segment must pause, or None."""
+    def pause_at(self, trial: Trial) -> float | None:
+        """The resource value at which the trial's next segment must pause, or None.
+
+        An ``int`` for integral milestones (``training_iteration``); a float for other
+        ``time_attr`` values. The controller pauses the segment at the first result with
+        ``result[time_attr] >= pause_at``.
+        """
         return None
 
     def choose_trial_to_run(self, trials: Mapping[str, Trial], can_start_new: bool) -> Suggestion | None:

@@ -17,7 +17,7 @@ __all__ = [
     "encode_float",
     "encode_values",
     "geometric_milestones",
-    "time_of",
+    
     "to_plain",
 ]
 
@@ -47,7 +47,7 @@ def check_int(name: str, value: Any, *, low: int) -> int:
         3
     """
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")  # noqa: TRY004
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
     return value
@@ -103,14 +103,6 @@ def decode_values(values: Mapping[str, Any]) -> dict[str, float]:
     return {k: decode_float(v) for k, v in values.items()}
 
 
-def time_of(result: Mapping[str, Any] | None, time_attr: str) -> float:
-    """The resource used so far according to ``result`` (0 before any result)."""
-    if not result:
-        return 0.0
-    v = result.get(time_attr, 0)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
-
-
 def to_plain(v: Any) -> Any:
     """numpy scalars as Python ``int``/``float`` (JSON-able); other values unchanged."""
     if isinstance(v, np.integer):
@@ -118,3 +110,10 @@ def to_plain(v: Any) -> Any:
     if isinstance(v, np.floating):
         return float(v)
     return v
+
+
+def as_rung(milestone: float) -> Any:
+    """A milestone as stored in ``trial.rung``: an ``int`` when integral."""
+    if isinstance(milestone, float) and milestone.is_integer():
+        return int(milestone)
+    return milestone

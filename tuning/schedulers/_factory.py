@@ -23,11 +23,11 @@ _CLASSES: dict[str, tuple[str, str]] = {
 SCHEDULER_TYPES: tuple[str, ...] = tuple(sorted(_CLASSES))
 
 
-def scheduler_class(type: str) -> type[Scheduler]:
-    """The class for ``type`` (case-insensitive); ``ValueError`` naming the allowed types."""
-    key = type.strip().lower() if isinstance(type, str) else type
+def scheduler_class(kind: str) -> type[Scheduler]:
+    """The class for ``kind`` (case-insensitive); ``ValueError`` naming the allowed types."""
+    key = kind.strip().lower() if isinstance(kind, str) else kind
     if key not in _CLASSES:
-        raise ValueError(f"scheduler.type: unknown {type!r}; allowed: {', '.join(SCHEDULER_TYPES)}")
+        raise ValueError(f"scheduler.type: unknown {kind!r}; allowed: {', '.join(SCHEDULER_TYPES)}")
     module, name = _CLASSES[key]
     cls: type[Scheduler] = getattr(importlib.import_module(module), name)
     return cls

@@ -21,6 +21,7 @@ from tuning.schedulers._asha import rank_trials
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew, Suggestion
 from tuning.schedulers._common import (
     Number,
+    as_rung,
     check_int,
     check_number,
     decode_values,
@@ -228,7 +229,7 @@ class HyperBand(Scheduler):
             return Decision.CONTINUE
         if trial.trial_id not in b.recorded[i]:
             self._record(trial, j, i, self._value(result))
-            trial.rung = milestone
+            trial.rung = as_rung(milestone)
         final = i == len(b.plan.milestones) - 1 or t >= self.max_t
         if final:
             self._ended.add(trial.trial_id)  # it ends now; do not wait for on_trial_complete

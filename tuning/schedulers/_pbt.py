@@ -17,6 +17,7 @@ from tuning._trial import ITERATION, Status, Trial
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew, Suggestion
 from tuning.schedulers._common import (
     Number,
+    as_rung,
     check_number,
     decode_values,
     encode_values,
@@ -42,7 +43,7 @@ def pbt_quantiles(scores: Mapping[str, float], fraction: float) -> tuple[list[st
     if len(scores) <= 1:
         return [], []
     ranked = sorted(scores, key=lambda tid: (_sort_value(scores[tid]), tid))
-    num = int(math.ceil(len(ranked) * fraction))
+    num = math.ceil(len(ranked) * fraction)
     num = min(num, len(ranked) // 2)
     return (ranked[:num], ranked[-num:]) if num else ([], [])
 
@@ -107,7 +108,8 @@ def parse_mutations(mutations: Mapping[str, Any] | None) -> dict[str, Mutation]:
     if mutations is None:
         return {}
     if not isinstance(mutations, Mapping):
-        raise ValueError(f"hyperparam_mutations must be a mapping of parameter name to values "
+        raise ValueError(  # noqa: TRY004 - the spec reports every bad setting as ValueError
+f"hyperparam_mutations must be a mapping of parameter name to values "
                          f"or domain, got {type(mutations).__name__}")
     return {str(name): _parse_mutation(str(name), spec) for name, spec in mutations.items()}
 
@@ -221,7 +223,7 @@ class PBT(Scheduler):
             return Decision.CONTINUE
         self._scores[trial.trial_id] = self._value(result)
         self._last_pause[trial.trial_id] = t
-        trial.rung = target
+        trial.rung = as_rung(target)
         return Decision.PAUSE
 
     def on_trial_error(self, trial: Trial) -> None:

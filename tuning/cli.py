@@ -1,0 +1,203 @@
+"""``rungflow run|resume|status|best|ls``.
+
+Exit codes: 0 done, 1 the run failed, 2 bad input (the message names the field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rungflow", description="Hyperparameter tuning as Prefect "
+                                "flows: ASHA, HyperBand, PBT, BOHB on Dask or Ray, in MLflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the experiment described by a YAML file")
+    run.add_argument("spec", help="experiment YAML file")
+    run.add_argument("--name", help="override the experiment name")
+    run.add_argument("--run-name", help="name this run (default: <name>-<flow run id>)")
+    run.add_argument("--storage", help="override storage_path")
+    run.add_argument("--tracking-uri", help="override tracking_uri")
+    run.add_argument("--num-samples", type=int, help="override num_samples")
+    run.add_argument("--backend", help="override backend, as JSON or a preset YAML file")
+    run.add_argument("--quiet", "-q", action="store_true", help="no live view")
+    res = sub.add_parser("resume", help="continue an interrupted experiment")
+    res.add_argument("path", help="the run's directory, or a storage path holding one run")
+    res.add_argument("--quiet", "-q", action="store_true")
+    for name, text in (("status", "finished, running or interrupted?"),
+                       ("best", "the best trial"), ("ls", "the trials")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("path", nargs="?" if name == "ls" else None, default=".",
+                       help="a run directory or a storage path")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    sys.path.insert(0, os.getcwd())  # trainables named relative to the project, like pytest
+    args = _parser().parse_args(argv)
+    from tuning.backends import BackendError
+    from tuning.spec import SpecError
+
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except (SpecError, ValueError, FileNotFoundError) as exc:
+        print(f"rungflow: error: {exc}", file=sys.stderr)
+        return 2
+    except BackendError as exc:
+        print(f"rungflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rungflow: interrupted; continue with `rungflow resume <run dir>`", file=sys.stderr)
+        return 130
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr, field in (("name", "name"), ("run_name", "run_name"), ("storage", "storage_path"),
+                        ("tracking_uri", "tracking_uri"), ("num_samples", "num_samples")):
+        if getattr(args, attr, None) is not None:
+            out[field] = getattr(args, attr)
+    if getattr(args, "backend", None):
+        out["backend"] = _backend_arg(args.backend)
+    return out
+
+
+def _backend_arg(text: str) -> dict[str, Any]:
+    if os.path.isfile(text):
+        import yaml
+
+        with open(text) as f:
+            data = yaml.safe_load(f)
+        return dict(data.get("backend", data))
+    try:
+        return dict(json.loads(text))
+    except json.JSONDecodeError:
+        raise ValueError(f"--backend: neither a preset file nor JSON: {text!r}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tuning.spec import load_spec
+    from tuning.tuner import Tuner
+
+    spec = load_spec(args.spec, _overrides(args))
+    tuner = Tuner.from_spec(spec)
+    result = _with_view(lambda: tuner.run(), spec, args.quiet)
+    _print_result(result)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tuning.tuner import Tuner
+
+    result = _with_view(lambda: Tuner.resume(args.path), None, args.quiet)
+    _print_result(result)
+    return 0
+
+
+def _with_view(fn: Any, spec: Any, quiet: bool) -> Any:
+    if quiet or not sys.stdout.isatty():
+        return fn()
+    try:
+        from tuning.live import live_view
+    except ImportError:
+        return fn()
+    with live_view(spec):
+        return fn()
+
+
+def _print_result(result: Any) -> None:
+    best = result.best_trial
+    print(f"experiment {result.name}: {len(result.trials)} trials, run dir {result.path}")
+    if best is not None:
+        print(f"best trial {best.trial_id}: {result.metric}={result.best_metric:.6g} "
+              f"config={json.dumps(best.config, default=str)}")
+        print(f"best checkpoint: {result.best_checkpoint}")
+    if result.tracking_uri:
+        print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri} "
+              "--host 127.0.0.1 --port 5000")
+
+
+def _status_of(res: Any) -> str:
+    from tuning._trial import Status
+
+    if res.state.finished:
+        return "finished"
+    running = any(t.status == Status.RUNNING for t in res.trials)
+    last = res.state.last_event_time or 0.0
+    pid = (res.state.extra or {}).get("pid")
+    if running and time.time() - last < 60:
+        return "running"
+    return "interrupted" if res.state.attempts else "created"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tuning.results import load_result
+
+    res = load_result(args.path)
+    status = _status_of(res)
+    counts: dict[str, int] = {}
+    for t in res.trials:
+        counts[str(t.status)] = counts.get(str(t.status), 0) + 1
+    if args.json:
+        print(json.dumps({"name": res.name, "path": res.path, "status": status,
+                          "trials": counts, "best_metric": res.best_metric}))
+    else:
+        parts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+        print(f"{res.name}: {status} ({len(res.trials)} trials: {parts or 'none'})")
+        if status == "interrupted":
+            print(f"continue with: rungflow resume {res.path}")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from tuning.results import load_result
+
+    res = load_result(args.path)
+    best = res.best_trial
+    if best is None:
+        print("no trial has reported the metric yet", file=sys.stderr)
+        return 1
+    out = {"trial_id": best.trial_id, res.metric: res.best_metric, "config": best.config,
+           "checkpoint": best.checkpoint, "iterations": best.iteration}
+    print(json.dumps(out, default=str, indent=None if args.json else 2))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from tuning.experiment import find_experiment_dirs
+    from tuning.results import load_result
+
+    dirs = find_experiment_dirs(args.path)
+    if len(dirs) > 1:  # a storage path: list the runs
+        for d in dirs:
+            r = load_result(d)
+            print(f"{r.name}\t{_status_of(r)}\t{len(r.trials)} trials\tbest={r.best_metric}\t{d}")
+        return 0
+    res = load_result(args.path)
+    df = res.dataframe()
+    if args.json:
+        print(df.to_json(orient="records"))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 500, "display.width", 200):
+            cols = [c for c in df.columns if c not in ("checkpoint", "error")]
+            print(df[cols].to_string(index=False))
+    return 0
+
+
+_COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "best": cmd_best,
+             "ls": cmd_ls}
+
+if __name__ == "__main__":
+    sys.exit(main())
