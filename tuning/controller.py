@@ -124,6 +124,9 @@ class Controller:
         self.searcher_finished = c["searcher_finished"]
         for stopper, s in zip(self.stoppers, c.get("stoppers", [])):
             stopper.load_state_dict(s)
+        for tid, (rung, stopped_at, failures, bracket) in c.get("trials", {}).items():
+            t = self.trials[tid]
+            t.rung, t.stopped_at, t.num_failures, t.bracket = rung, stopped_at, failures, bracket
         in_flight: set[str] = set()
         if state.get("backend") and hasattr(self.backend, "running"):
             self.backend.load_state_dict(state["backend"])
@@ -131,7 +134,7 @@ class Controller:
         for tid, fl in c.get("flights", {}).items():
             if tid in in_flight:
                 self.flights[tid] = _Flight(Segment(**fl["segment"]), _status(fl["end_as"]),
-                                            fl.get("error"), True)
+                                            fl.get("error"), bool(fl.get("started")))
         for trial in self.trials.values():
             if trial.status == Status.RUNNING and trial.trial_id not in in_flight:
                 self.to_resubmit.append(trial.trial_id)  # interrupted: again from its checkpoint
@@ -243,6 +246,8 @@ class Controller:
         if not self.flights:
             return []
         msgs = self.backend.poll(timeout)
+        if getattr(self.backend, "virtual_clock", False):
+            return msgs  # one virtual instant at a time: decisions land exactly
         deadline = time.monotonic() + self.wave_window_s
         while msgs and not any(m["type"] in ("done", "lost") for m in msgs):
             left = deadline - time.monotonic()
@@ -474,6 +479,24 @@ class Controller:
         if self.aborted is not None:
             raise getattr(self, "_abort_kind", ExperimentAborted)(self.aborted)
 
+    def run(self, on_events: Callable[[list[dict[str, Any]]], None] | None = None,
+            replayed: ExperimentState | None = None) -> "Controller":
+        """The whole loop without Prefect (benchmarks, tests, the simulated backend).
+
+        The backend must be started already; ``on_events`` sees each committed batch.
+        """
+        self.open(replayed)
+        first = self.commit()
+        if on_events:
+            on_events(first)
+        while not self.done:
+            wave = self.plan_wave()
+            msgs = self.dispatch(wave) if not self.done else []
+            events = self.evaluate(msgs)
+            if on_events:
+                on_events(events)
+        return self
+
     # -- results ---------------------------------------------------------------------------
     def trial_score(self, trial: Trial) -> float | None:
         """The trial's last reported value of the metric (Ray Tune's default scope)."""
@@ -509,9 +532,12 @@ class Controller:
                 "iterations_total": self.iterations_total, "elapsed_s": self.elapsed(),
                 "searcher_finished": self.searcher_finished,
                 "stoppers": [s.state_dict() for s in self.stoppers],
+                "trials": {t.trial_id: [t.rung, t.stopped_at, t.num_failures, t.bracket]
+                           for t in self.trials.values() if not t.is_terminal},
                 "flights": {tid: {"segment": fl.segment.to_dict(),
                                   "end_as": str(fl.end_as) if fl.end_as else None,
-                                  "error": fl.error} for tid, fl in self.flights.items()}}
+                                  "error": fl.error, "started": fl.started}
+                            for tid, fl in self.flights.items()}}
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in Status}

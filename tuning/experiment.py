@@ -74,16 +74,22 @@ class Journal:
         self._local = _is_local(self.url)
         self._pending: list[str] = []
         self._seq = 0
+        self._memory: list[str] | None = [] if directory.startswith("memory://") else None
 
     def exists(self) -> bool:
+        if self._memory is not None:
+            return bool(self._memory)
         return self.fs.exists(self.path)
 
     def read(self) -> list[dict[str, Any]]:
         """Every readable event; a torn last line is dropped with a warning."""
         if not self.exists():
             return []
-        with self.fs.open(self.path, "rb") as f:
-            raw = f.read().decode("utf-8", errors="replace")
+        if self._memory is not None:
+            raw = "".join(self._memory)
+        else:
+            with self.fs.open(self.path, "rb") as f:
+                raw = f.read().decode("utf-8", errors="replace")
         lines = raw.split("\n")
         events: list[dict[str, Any]] = []
         last = len(lines) - 1
@@ -112,8 +118,12 @@ class Journal:
     def flush(self) -> None:
         if not self._pending:
             return
-        blob = ("\n".join(self._pending) + "\n").encode()
+        text = "\n".join(self._pending) + "\n"
         self._pending.clear()
+        if self._memory is not None:  # memory://: benchmarks and tests, nothing on disk
+            self._memory.append(text)
+            return
+        blob = text.encode()
         self.fs.makedirs(self.directory if self._local else self.path.rsplit("/", 1)[0],
                          exist_ok=True)
         if self._local:
@@ -193,18 +203,31 @@ def _apply_status(t: Trial, ev: dict[str, Any]) -> None:
 
 
 def replay(events: Iterable[dict[str, Any]]) -> ExperimentState:
-    """Rebuild the experiment from its events, up to the last committed ``state`` event."""
+    """Rebuild the experiment from its events.
+
+    Events count once a ``state`` (or ``finished``) event commits them; what a crashed run
+    wrote after its last commit is dropped when the next ``run_started`` shows it never
+    committed, so a resumed run re-does it from the trials' checkpoints.
+    """
     events = list(events)
-    last_commit = max((i for i, e in enumerate(events) if e["event"] in ("state", "finished")),
-                      default=-1)
     st = ExperimentState()
-    for i, ev in enumerate(events):
-        if i > last_commit and ev["event"] not in ("experiment_created", "run_started",
-                                                   "tracking"):
-            continue
-        _apply(st, ev)
-        if ev["event"] == "state":
-            st.state = ev
+    pending: list[dict[str, Any]] = []
+    for ev in events:
+        kind = ev["event"]
+        if kind in ("experiment_created", "tracking"):
+            _apply(st, ev)
+        elif kind == "run_started":
+            pending.clear()
+            _apply(st, ev)
+        elif kind in ("state", "finished"):
+            for p in pending:
+                _apply(st, p)
+            pending.clear()
+            _apply(st, ev)
+            if kind == "state":
+                st.state = ev
+        else:
+            pending.append(ev)
     st.events = len(events)
     st.last_event_time = events[-1]["t"] if events else None
     return st

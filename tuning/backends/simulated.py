@@ -112,6 +112,7 @@ class SimulatedBackend(Backend):
     """Runs :class:`SimulatedTrainable` curves on ``n_workers`` virtual workers."""
 
     name = "simulated"
+    virtual_clock = True
 
     def __init__(self, n_workers: int = 4, time_scale: float = 0.0) -> None:
         if not isinstance(n_workers, int) or n_workers < 1:
@@ -182,6 +183,7 @@ class SimulatedBackend(Backend):
         run.state, metrics, _ = trainable.step(run.state, seg.config, run.iteration + 1)
         run.iteration += 1
         url = f"sim://{trial_id}/{run.iteration}"
+        self._checkpoints.pop(f"sim://{trial_id}/{run.iteration - 1}", None)  # keep the latest
         self._checkpoints[url] = dict(run.state)
         result = {**metrics, ITERATION: run.iteration, "time_total_s": self.now - run.started_at
                   + seg.time_offset_s, "checkpoint": url}

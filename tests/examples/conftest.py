@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    """One temporary Prefect server (with its own database) for the module's tuning runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+class ListChannel:
+    """An in-memory channel for ``run_segment``: collects messages, never asks to stop."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def started(self, segment: Any) -> dict[str, Any] | None:
+        return None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def should_stop(self) -> bool:
+        return False
