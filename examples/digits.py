@@ -21,7 +21,7 @@ import numpy as np
 
 from tuning import ASHA, get_checkpoint, loguniform, report, uniform
 
-__all__ = ["train_digits", "load_split", "make_model", "main"]
+__all__ = ["load_split", "main", "make_model", "train_digits"]
 
 SPLIT_SEED = 0
 

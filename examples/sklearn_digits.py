@@ -20,7 +20,7 @@ from typing import Any
 
 from tuning import ASHA, get_checkpoint, randint, report, uniform
 
-__all__ = ["train_forest", "main"]
+__all__ = ["main", "train_forest"]
 
 
 def _split() -> tuple[Any, Any, Any, Any]:

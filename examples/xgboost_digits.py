@@ -19,7 +19,7 @@ import xgboost as xgb
 
 from tuning import ASHA, get_checkpoint, loguniform, randint, report, uniform
 
-__all__ = ["ReportCallback", "train_xgboost", "main"]
+__all__ = ["ReportCallback", "main", "train_xgboost"]
 
 
 class ReportCallback(xgb.callback.TrainingCallback):

@@ -39,8 +39,14 @@ def _replay_events(ctl: Controller) -> list[dict[str, Any]]:
 
 @task(name="record", cache_policy=NONE, persist_result=False)
 def record(tracker: MlflowTracker, ctl: Controller, events: list[dict[str, Any]]) -> int:
-    """Write the wave's committed events to MLflow; returns how many."""
-    tracker.apply(events, ctl.trials)
+    """Hand the wave's committed events to the MLflow writer (a background thread, so the
+    loop never waits on the tracking store); at the experiment's end wait for all of it."""
+    tracker.apply_async(events, ctl.trials)
+    if ctl.done:
+        tracker.flush()
+        for ev in events:
+            if ev["event"] == "finished":
+                tracker.finish(ctl.trials, ev)
     return len(events)
 
 

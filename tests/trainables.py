@@ -18,9 +18,9 @@ def curve(config):
 
 
 def flaky(config):
-    """Raises for x < 0.2 at the second iteration; fine otherwise."""
+    """Raises for x < 0.5 at the second iteration; fine otherwise."""
     for it in range(1, 6):
-        if it == 2 and config["x"] < 0.2:
+        if it == 2 and config["x"] < 0.5:
             raise RuntimeError(f"boom at x={config['x']:.3f}")
         report(score=config["x"] * it)
 

@@ -76,7 +76,7 @@ class Controller:
     trial_timeout_s: float | None = None
     resources: dict[str, float] = field(default_factory=dict)
     max_concurrent: int | None = None
-    wave_window_s: float = 0.05
+    wave_window_s: float = 0.01
 
     def __post_init__(self) -> None:
         self.trials: dict[str, Trial] = {}

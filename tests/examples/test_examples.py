@@ -4,8 +4,9 @@ resumes, through ``run_segment`` directly and through the Tuner on a 2-worker Da
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml

@@ -194,6 +194,8 @@ class RayBackend(Backend):
             if host in _LOOPBACK and not address.startswith("ray://"):
                 kwargs["_node_ip_address"] = "127.0.0.1"
         kwargs.update(self.init_kwargs)
+        if kwargs.get("_node_ip_address") in _LOOPBACK:  # workers on this machine
+            kwargs["job_config"] = _with_driver_path(kwargs.get("job_config"))
         try:
             with _loopback_allowed(kwargs.get("_node_ip_address") in _LOOPBACK):
                 ray.init(address=address, **kwargs)
@@ -388,6 +390,23 @@ class RayBackend(Backend):
     def checkpoint_saved(self, trial_id: str, url: str, iteration: int) -> None:
         if self._hub is not None:
             self._hub.set_checkpoint.remote(trial_id, {"checkpoint": url, "iteration": iteration})
+
+
+def _with_driver_path(job_config: Any) -> Any:
+    """Workers on this machine import what the driver imports: its sys.path entries outside
+    the Python installation (the project, a test directory), as a LocalCluster's workers do.
+    Ray itself adds only the script's directory and the working directory."""
+    from ray.job_config import JobConfig
+
+    job_config = job_config or JobConfig()
+    if not hasattr(job_config, "_py_driver_sys_path"):  # pragma: no cover - other Ray versions
+        return job_config
+    prefixes = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    extra = [os.path.realpath(p or os.getcwd()) for p in sys.path]
+    extra = [p for p in dict.fromkeys(extra) if os.path.isdir(p) and not p.startswith(prefixes)]
+    job_config._py_driver_sys_path.extend(p for p in extra
+                                          if p not in job_config._py_driver_sys_path)
+    return job_config
 
 
 @contextlib.contextmanager

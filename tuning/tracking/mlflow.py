@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
 from typing import Any, Iterable, Mapping
 
@@ -82,6 +84,9 @@ class MlflowTracker:
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.logged_step: dict[str, int] = {}  # trial id -> highest step logged
         self.configs: dict[str, dict[str, Any]] = {}
+        self._queue: queue.Queue[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: Exception | None = None
 
     # -- opening ---------------------------------------------------------------------------
     def open(self, parent_run_id: str | None = None) -> str:
@@ -130,9 +135,48 @@ class MlflowTracker:
 
     # -- projection ------------------------------------------------------------------------
     def apply(self, events: Iterable[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
-        """Write a batch of committed journal events."""
+        """Write a batch of committed journal events (in this thread)."""
+        configs = {tid: dict(t.config) for tid, t in trials.items()}
+        self._apply(list(events), configs)
+        for ev in events:
+            if ev["event"] == "finished":
+                self.finish(trials, ev)
+
+    def apply_async(self, events: list[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
+        """Queue a batch for the background writer: the tuning loop does not wait on MLflow.
+        Events carry everything written, so later changes to ``trials`` do not race."""
+        if self._queue is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._writer, name="rungflow-mlflow",
+                                            daemon=True)
+            self._thread.start()
+        configs = {ev["trial_id"]: dict(trials[ev["trial_id"]].config) for ev in events
+                   if ev.get("trial_id") in trials and ev["trial_id"] not in self.runs}
+        self._queue.put((events, configs))
+
+    def flush(self) -> None:
+        """Wait until the background writer has written everything queued; re-raise its error."""
+        if self._queue is not None:
+            self._queue.join()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def _writer(self) -> None:
+        assert self._queue is not None
+        while True:
+            events, configs = self._queue.get()
+            try:
+                if self._error is None:
+                    self._apply(events, configs)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop at flush()
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _apply(self, events: list[Mapping[str, Any]], configs: Mapping[str, dict[str, Any]]) -> None:
         metrics: dict[str, list[Metric]] = {}
-        ended: list[str] = []
+        ended: dict[str, Mapping[str, Any]] = {}
         for ev in events:
             kind, tid = ev["event"], ev.get("trial_id")
             if kind == "trial_created":
@@ -141,20 +185,18 @@ class MlflowTracker:
                     ev.get("config") != self.configs.get(tid):
                 self._config_changed(tid, ev["config"], ev.get("segment_id"))
             elif kind == "result":
-                self._ensure_run(tid, trials[tid].config)
+                self._ensure_run(tid, configs.get(tid, {}))
                 metrics.setdefault(tid, []).extend(self._metrics(tid, ev["result"]))
             elif kind == "failure":
-                self._ensure_run(tid, trials[tid].config)
+                self._ensure_run(tid, configs.get(tid, {}))
                 self._log_text(tid, f"failure-{ev['num_failures']}.txt", ev["error"])
             elif kind == "trial_status" and Status(ev["status"]) != Status.RUNNING:
-                ended.append(tid)
-            elif kind == "finished":
-                self.finish(trials, ev)
+                ended[tid] = ev
         for tid, ms in metrics.items():
             for i in range(0, len(ms), 900):
                 self._log_batch(self.runs[tid], metrics=ms[i:i + 900])
-        for tid in dict.fromkeys(ended):
-            self._trial_ended(trials[tid])
+        for tid, ev in ended.items():
+            self._trial_ended(tid, ev, configs.get(tid, {}))
 
     def _ensure_run(self, trial_id: str, config: Mapping[str, Any]) -> str:
         if trial_id in self.runs:
@@ -187,23 +229,25 @@ class MlflowTracker:
                 if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
                 and math.isfinite(float(v))]
 
-    def _trial_ended(self, trial: Trial) -> None:
-        run_id = self._ensure_run(trial.trial_id, trial.config)
-        tags = [RunTag("rungflow.status", str(trial.status)),
-                RunTag("rungflow.iterations", str(trial.iteration))]
-        if trial.stopped_at is not None:
-            tags.append(RunTag("rungflow.stopped_at", str(trial.stopped_at)))
-        if trial.rung is not None:
-            tags.append(RunTag("rungflow.rung", str(trial.rung)))
-        if trial.error:
-            tags.append(RunTag("rungflow.error", trial.error.strip().splitlines()[-1][:4000]))
-            self._log_text(trial.trial_id, "error.txt", trial.error)
+    def _trial_ended(self, trial_id: str, ev: Mapping[str, Any], config: Mapping[str, Any]
+                     ) -> None:
+        run_id = self._ensure_run(trial_id, config)
+        status = Status(ev["status"])
+        tags = [RunTag("rungflow.status", str(status)),
+                RunTag("rungflow.iterations", str(self.logged_step.get(trial_id, 0)))]
+        for key in ("stopped_at", "rung"):
+            if ev.get(key) is not None:
+                tags.append(RunTag(f"rungflow.{key}", str(ev[key])))
+        if ev.get("error"):
+            tags.append(RunTag("rungflow.error", ev["error"].strip().splitlines()[-1][:4000]))
+            self._log_text(trial_id, "error.txt", ev["error"])
         self._log_batch(run_id, tags=tags)
-        if trial.status == Status.PAUSED:
+        if status == Status.PAUSED:
             return
-        if trial.checkpoint and not trial.checkpoint.startswith("sim://"):
-            self._log_checkpoint(run_id, trial.checkpoint)
-        self.client.set_terminated(run_id, _MLFLOW_STATUS.get(trial.status, "FINISHED"))
+        ckpt = ev.get("checkpoint")
+        if ckpt and not ckpt.startswith("sim://"):
+            self._log_checkpoint(run_id, ckpt)
+        self.client.set_terminated(run_id, _MLFLOW_STATUS.get(status, "FINISHED"))
 
     def _log_checkpoint(self, run_id: str, url: str) -> None:
         import fsspec

@@ -1,0 +1,198 @@
+"""The Ray backend against a local Ray and a real `ray start` head node (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tuning import ASHA, Status, Tuner, uniform
+from tuning.backends import BackendError, make_backend
+from tuning.backends.ray import RayBackend
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+
+# Ray swaps a loopback node address for the machine's routable one unless clusters are off:
+# children started by the tests (and `ray start`) stay on 127.0.0.1.
+_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "DO_NOT_TRACK": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _ray_env(monkeypatch):
+    for k, v in _RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    yield
+    assert not ray.is_initialized(), "the backend left the Ray connection open"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(tmp_path, backend, name):
+    return Tuner("trainables:curve", space={"x": uniform(0, 1), "iters": 5, "sleep": 0.15},
+                 metric="score", mode="max", num_samples=6,
+                 scheduler=ASHA(max_t=5, grace_period=1, reduction_factor=2), backend=backend,
+                 storage_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db", seed=0,
+                 name=name).run()
+
+
+def _check_run(result, tmp_path, name):
+    import mlflow
+
+    trials = result.trials
+    assert len(trials) == 6
+    assert all(t.status in (Status.TERMINATED, Status.STOPPED) for t in trials), \
+        [(t.trial_id, t.status, t.error) for t in trials]
+    # stopped mid-run (before max_t): only possible when results streamed while it ran
+    early = [t for t in trials if t.status == Status.STOPPED and t.iteration < 5]
+    assert early, [(t.trial_id, t.status, t.iteration) for t in trials]
+    assert any(t.status == Status.TERMINATED and t.iteration == 5 for t in trials)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    exp = client.get_experiment_by_name(name)
+    runs = {r.data.tags.get("rungflow.trial_id"): r
+            for r in client.search_runs([exp.experiment_id])}
+    for t in trials:
+        history = sorted(client.get_metric_history(runs[t.trial_id].info.run_id, "score"),
+                         key=lambda m: m.step)
+        assert [m.value for m in history] == pytest.approx([r["score"] for r in t.results])
+        assert len(history) == t.iteration
+
+
+def test_local_ray_runs_asha_and_streams_results(tmp_path):
+    result = _run(tmp_path, {"type": "ray", "num_cpus": 2}, "ray-local")
+    _check_run(result, tmp_path, "ray-local")
+
+
+def test_local_backend_slots_resources_and_stop():
+    b = RayBackend(num_cpus=2, resources={"CPU": 1})
+    with b:
+        assert b.slots == 2
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        assert b.describe()["run_id"].startswith("rungflow-")
+        from tuning.trainable import Segment
+
+        import trainables
+
+        b.prepare(trainables.curve)
+        seg = Segment(trial_id="t0", segment_id=0, config={"x": 1.0, "iters": 50, "sleep": 0.05},
+                      storage=tempfile.mkdtemp(prefix="rungflow-ray-"))
+        b.submit(trainables.curve, seg)
+        msgs: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not any(m["type"] == "result" for m in msgs) and time.monotonic() < deadline:
+            msgs += b.poll(1.0)
+        b.stop("t0")
+        while not any(m["type"] in ("done", "lost") for m in msgs) and \
+                time.monotonic() < deadline:
+            msgs += b.poll(1.0)
+        kinds = [m["type"] for m in msgs]
+        assert kinds[0] == "started" and kinds[-1] == "done", kinds
+        done = msgs[-1]["summary"]
+        assert done["status"] == "stopped" and len(done["results"]) < 50
+        streamed = [m["result"]["training_iteration"] for m in msgs if m["type"] == "result"]
+        assert streamed == [r["training_iteration"] for r in done["results"]]
+        shutil.rmtree(seg.storage, ignore_errors=True)
+
+
+def _session_processes(sid: int, marker: str) -> list[str]:
+    """Processes of the session the fixture started, or naming its temp dir."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        if int(fields[3]) == sid or marker in cmd:
+            found.append(f"{d.name}: {cmd[:120]}")
+    return found
+
+
+@pytest.fixture
+def ray_head():
+    """A real head node: `ray start --block` in its own session, ended by its process group."""
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rgray", dir="/tmp")  # short: Ray's socket paths
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    cmd = [ray_cli, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+           "--num-cpus", "2", "--include-dashboard=false", "--block", "--temp-dir", temp_dir,
+           "--ray-client-server-port", str(_free_port()),
+           "--dashboard-agent-listen-port", str(_free_port()),
+           "--min-worker-port", "0", "--max-worker-port", "0"]
+    log = open(os.path.join(temp_dir, "ray-start.log"), "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **_RAY_ENV})
+    pgid = os.getpgid(proc.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("ray start failed: "
+                                       + Path(log.name).read_text()[-2000:]) from None
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            end = time.monotonic() + wait
+            while _session_processes(pgid, temp_dir) and time.monotonic() < end:
+                time.sleep(0.2)
+            print("after", sig, _session_processes(pgid, temp_dir))
+        proc.wait(timeout=5)
+        log.close()
+        leftover = _session_processes(pgid, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftover, leftover
+
+
+def test_existing_cluster_by_address(tmp_path, ray_head):
+    result = _run(tmp_path, {"type": "ray", "address": ray_head}, "ray-address")
+    _check_run(result, tmp_path, "ray-address")
+    # the cluster is left running for its owner: still reachable after the run
+    host, port = ray_head.rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=2).close()
+
+
+@pytest.mark.parametrize("form", ["{host}:{port}", "ray://{host}:{port}"])
+def test_unreachable_address_fails_fast(form):
+    address = form.format(host="127.0.0.1", port=_free_port())
+    b = make_backend({"type": "ray", "address": address, "connect_timeout_s": 2})
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match="backend.address: cannot reach the Ray cluster"):
+        b.start()
+    assert time.monotonic() - t0 < 5
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="either address or cluster_config"):
+        RayBackend(address="auto", cluster_config="deployments/ray-aws.yaml")
+    with pytest.raises(ValueError, match="connect_timeout_s"):
+        RayBackend(connect_timeout_s=0)
+    with pytest.raises(BackendError, match="cluster_config: no such file"):
+        RayBackend(cluster_config="/nonexistent/ray.yaml").start()
