@@ -93,6 +93,9 @@ class Controller:
         self._t0 = 0.0
         self._committed: list[dict[str, Any]] = []
         self._seen_segments: set[int] = set()
+        self._seg_ema: float | None = None  # wall seconds a segment takes
+        self._loop_ema: float | None = None  # wall seconds one plan-dispatch-evaluate turn takes
+        self._loop_t: float | None = None
         rng = np.random.default_rng(self.seed)
         s_seed, r_seed = rng.integers(2**31, size=2)
         self.scheduler.set_objective(self.metric, self.mode, np.random.default_rng(int(s_seed)))
@@ -151,11 +154,25 @@ class Controller:
     def free_slots(self) -> int:
         slots = self.backend.slots
         if self.max_concurrent:
-            slots = min(slots, self.max_concurrent)
-        return slots - len(self.flights)
+            return min(slots, self.max_concurrent) - len(self.flights)
+        return slots + self._prefetch(slots) - len(self.flights)
+
+    def _prefetch(self, slots: int) -> int:
+        """Segments queued beyond the workers, so none idles while the loop decides: as many
+        as finish during one loop turn (short trials), none for long ones or for schedulers
+        that pause trials to compare them (their waves must fill as planned)."""
+        if self.scheduler.synchronous or getattr(self.backend, "virtual_clock", False):
+            return 0
+        if self._seg_ema is None or self._loop_ema is None or self._seg_ema <= 0:
+            return 0
+        return min(int(math.ceil(slots * self._loop_ema / self._seg_ema)), 8 * slots)
 
     def plan_wave(self) -> list[Segment]:
         """Segments to start now: interrupted trials first, then the scheduler's choices."""
+        now = time.monotonic()
+        if self._loop_t is not None:
+            self._loop_ema = _ema(self._loop_ema, now - self._loop_t)
+        self._loop_t = now
         wave: list[Segment] = []
         self._check_time_budget()
         while self.free_slots() > 0 and self.aborted is None:
@@ -368,6 +385,10 @@ class Controller:
                              "result": result})
         trial = self.trials[msg["trial_id"]]
         del self.flights[trial.trial_id]
+        results = summary.get("results") or []
+        if results:
+            self._seg_ema = _ema(self._seg_ema, max(results[-1]["timestamp"] - results[0]["timestamp"]
+                                                   + results[0]["time_this_iter_s"], 1e-4))
         if hasattr(self.backend, "segment_finished"):
             self.backend.segment_finished(trial.trial_id)
         status = summary["status"]
@@ -551,6 +572,10 @@ class Controller:
 
 
 _RESERVED = {ITERATION, "time_this_iter_s", "time_total_s", "timestamp", "checkpoint"}
+
+
+def _ema(old: float | None, new: float, alpha: float = 0.3) -> float:
+    return new if old is None else (1 - alpha) * old + alpha * new
 
 
 def _status(value: str | None) -> Status | None:

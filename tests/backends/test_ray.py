@@ -23,9 +23,12 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
 # Ray swaps a loopback node address for the machine's routable one unless clusters are off:
-# children started by the tests (and `ray start`) stay on 127.0.0.1.
+# children started by the tests (and `ray start`) stay on 127.0.0.1. Token auth off: nothing
+# listens beyond loopback, and Ray's default would read and rewrite ~/.ray/auth_token, which
+# other Ray users of this machine share (a token rewritten between `ray start` and the driver's
+# connection fails it).
 _RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "DO_NOT_TRACK": "1"}
+            "DO_NOT_TRACK": "1", "RAY_AUTH_MODE": "disabled"}
 
 
 @pytest.fixture(autouse=True)
@@ -144,18 +147,13 @@ def ray_head():
     pgid = os.getpgid(proc.pid)
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("ray start failed: "
-                                       + Path(log.name).read_text()[-2000:]) from None
-                time.sleep(0.2)
+        while "Ray runtime started" not in Path(log.name).read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ray start failed: " + Path(log.name).read_text()[-2000:])
+            time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 4), (signal.SIGKILL, 5)):  # the monitor ignores TERM
             try:
                 os.killpg(pgid, sig)
             except ProcessLookupError:
@@ -163,7 +161,6 @@ def ray_head():
             end = time.monotonic() + wait
             while _session_processes(pgid, temp_dir) and time.monotonic() < end:
                 time.sleep(0.2)
-            print("after", sig, _session_processes(pgid, temp_dir))
         proc.wait(timeout=5)
         log.close()
         leftover = _session_processes(pgid, temp_dir)

@@ -2,10 +2,11 @@
 provisioned for the run from any cluster class (dask-cloudprovider, dask-kubernetes, ...).
 
 Results stream to the driver as they are reported: the worker publishes each one with
-``Worker.log_event`` on a topic the driver's client subscribes to. Stops travel the other way
-through a ``distributed.Event`` per trial, checked at each ``report()``; the latest checkpoint
-through a ``distributed.Variable``, so a segment restarted after a worker loss resumes from it.
-Nothing assumes a shared file system between driver and workers.
+``Worker.log_event`` on a topic the driver's client subscribes to. A stop travels the other way
+straight to the worker running the trial (``Client.run`` on that worker sets a flag that
+``report()`` reads, no round trip per report). The latest checkpoint is kept in the scheduler's
+metadata, so a segment the cluster restarts after a worker loss resumes from it. Nothing
+assumes a shared file system between driver and workers.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def import_object(path: str) -> Any:
         raise ValueError(f"cannot import {path!r}: {exc}") from None
 
 
+#: worker side: (topic, trial id) pairs the driver asked to stop
+_STOP_FLAGS: set[tuple[str, str]] = set()
+
+
+def _flag_stop(topic: str, trial_id: str) -> None:
+    """Runs on the worker (``Client.run``): the trial stops at its next ``report()``."""
+    _STOP_FLAGS.add((topic, trial_id))
+
+
 class _DaskChannel:
     """Worker side: talks to the driver through the Dask scheduler."""
 
@@ -45,25 +55,21 @@ class _DaskChannel:
         self.worker = get_worker()
         self.topic = topic
         self.trial_id = trial_id
-        self._stop_event: Any = None
+        _STOP_FLAGS.discard((topic, trial_id))
 
     def started(self, segment: Segment) -> dict[str, Any] | None:
-        from distributed import Event, Variable
+        from distributed import get_client
 
-        self._stop_event = Event(f"{self.topic}-{self.trial_id}-stop")
         self.send({"type": "started", "trial_id": segment.trial_id,
                    "segment_id": segment.segment_id, "worker": self.worker.address,
                    "pid": os.getpid()})
-        try:
-            return Variable(f"{self.topic}-{self.trial_id}-ckpt").get(timeout=0.001)
-        except Exception:  # noqa: BLE001 - no newer checkpoint known
-            return None
+        return get_client().get_metadata([self.topic, "ckpt", self.trial_id], None)
 
     def send(self, message: dict[str, Any]) -> None:
         self.worker.log_event(self.topic, message)
 
     def should_stop(self) -> bool:
-        return bool(self._stop_event is not None and self._stop_event.is_set())
+        return (self.topic, self.trial_id) in _STOP_FLAGS
 
 
 def _run_on_worker(trainable: Callable[..., Any], segment: dict[str, Any], topic: str) -> dict:
@@ -99,6 +105,8 @@ class DaskBackend(Backend):
         self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self._futures: dict[str, Any] = {}
         self._trainable_future: Any = None
+        self._workers: dict[str, str] = {}  # trial id -> address of the worker running it
+        self._pending_stops: set[str] = set()
         self._owns_cluster = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -180,11 +188,12 @@ class DaskBackend(Backend):
         self._trainable = trainable
 
     def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
-        from distributed import Variable
-
+        self._workers.pop(segment.trial_id, None)
+        self._pending_stops.discard(segment.trial_id)
         if segment.checkpoint:
-            Variable(f"{self.topic}-{segment.trial_id}-ckpt", client=self.client).set(
-                {"checkpoint": segment.checkpoint, "iteration": segment.start_iteration})
+            self.client.set_metadata([self.topic, "ckpt", segment.trial_id],
+                                     {"checkpoint": segment.checkpoint,
+                                      "iteration": segment.start_iteration})
         fut = self.client.submit(_run_on_worker, trainable, segment.to_dict(), self.topic,
                                  key=f"{segment.trial_id}-seg{segment.segment_id}-{self.topic}",
                                  pure=False, resources=_dask_resources(segment.resources))
@@ -193,8 +202,12 @@ class DaskBackend(Backend):
 
     def _on_event(self, event: tuple[float, Any]) -> None:
         _, msg = event
-        if isinstance(msg, dict):
-            self._messages.put(msg)
+        if not isinstance(msg, dict):
+            return
+        if msg.get("type") == "started":  # where the trial runs now (also after a restart)
+            tid = msg["trial_id"]
+            self._workers[tid] = msg["worker"]
+        self._messages.put(msg)
 
     def _on_done(self, fut: Any, segment: Segment) -> None:
         base = {"trial_id": segment.trial_id, "segment_id": segment.segment_id}
@@ -217,19 +230,29 @@ class DaskBackend(Backend):
             try:
                 out.append(self._messages.get_nowait())
             except queue.Empty:
-                return out
+                break
+        for msg in out:  # a stop asked before the trial (re)started reaches it now
+            if msg["type"] == "started" and msg["trial_id"] in self._pending_stops:
+                self._send_stop(msg["trial_id"])
+        return out
 
     def stop(self, trial_id: str) -> None:
-        from distributed import Event
+        self._pending_stops.add(trial_id)  # kept: a restarted segment is stopped too
+        if trial_id in self._workers:
+            self._send_stop(trial_id)
 
-        if self.client is not None:
-            Event(f"{self.topic}-{trial_id}-stop", client=self.client).set()
+    def _send_stop(self, trial_id: str) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.run(_flag_stop, self.topic, trial_id, workers=[self._workers[trial_id]],
+                            wait=False)
+        except Exception as exc:  # noqa: BLE001 - the worker may be gone; a restart re-sends
+            log.debug("stop of %s not delivered: %s", trial_id, exc)
 
     def checkpoint_saved(self, trial_id: str, url: str, iteration: int) -> None:
-        from distributed import Variable
-
-        Variable(f"{self.topic}-{trial_id}-ckpt", client=self.client).set(
-            {"checkpoint": url, "iteration": iteration})
+        self.client.set_metadata([self.topic, "ckpt", trial_id],
+                                 {"checkpoint": url, "iteration": iteration})
 
     def segment_finished(self, trial_id: str) -> None:
         self._futures.pop(trial_id, None)

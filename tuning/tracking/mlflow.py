@@ -142,14 +142,25 @@ class MlflowTracker:
             if ev["event"] == "finished":
                 self.finish(trials, ev)
 
-    def apply_async(self, events: list[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
-        """Queue a batch for the background writer: the tuning loop does not wait on MLflow.
-        Events carry everything written, so later changes to ``trials`` do not race."""
+    def open_async(self, parent_run_id: str | None = None,
+                   catch_up: list[Mapping[str, Any]] | None = None,
+                   configs: Mapping[str, dict[str, Any]] | None = None) -> None:
+        """Open in the background writer (creating a SQLite store takes seconds), then write
+        ``catch_up`` events (a resumed run's journal) before anything queued later."""
+        self._start_writer()
+        self._queue.put((None, (parent_run_id, catch_up or [], dict(configs or {}))))
+
+    def _start_writer(self) -> None:
         if self._queue is None:
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._writer, name="rungflow-mlflow",
                                             daemon=True)
             self._thread.start()
+
+    def apply_async(self, events: list[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
+        """Queue a batch for the background writer: the tuning loop does not wait on MLflow.
+        Events carry everything written, so later changes to ``trials`` do not race."""
+        self._start_writer()
         configs = {ev["trial_id"]: dict(trials[ev["trial_id"]].config) for ev in events
                    if ev.get("trial_id") in trials and ev["trial_id"] not in self.runs}
         self._queue.put((events, configs))
@@ -167,7 +178,11 @@ class MlflowTracker:
         while True:
             events, configs = self._queue.get()
             try:
-                if self._error is None:
+                if self._error is None and events is None:
+                    parent, catch_up, cfgs = configs
+                    self.open(parent)
+                    self._apply(catch_up, cfgs)
+                elif self._error is None:
                     self._apply(events, configs)
             except Exception as exc:  # noqa: BLE001 - handed to the loop at flush()
                 self._error = exc
