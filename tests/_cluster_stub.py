@@ -9,7 +9,7 @@ from distributed import LocalCluster
 
 
 class RecordingLocalCluster(LocalCluster):
-    instances: ClassVar[list["RecordingLocalCluster"]] = []
+    instances: ClassVar[list[RecordingLocalCluster]] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.close_calls = 0
@@ -23,3 +23,10 @@ class RecordingLocalCluster(LocalCluster):
 
 def broken(config: dict[str, Any]) -> None:
     raise RuntimeError(f"boom at x={config['x']:.3f}")
+
+
+def crash(config: dict[str, Any]) -> None:
+    """The worker process dies (as on a reclaimed spot machine)."""
+    import os
+
+    os._exit(1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -31,11 +31,11 @@ def _module_file(module: str) -> Path:
     top, *rest = module.split(".")
     spec = importlib.util.find_spec(top)  # imports nothing below the top package
     assert spec is not None and spec.submodule_search_locations, f"{top} is not installed"
-    base = Path(list(spec.submodule_search_locations)[0]).joinpath(*rest)
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parse(module: str) -> ast.Module:
     return ast.parse(_module_file(module).read_text())
 
@@ -104,7 +104,6 @@ def test_keyword_reader_follows_the_class_hierarchy():
     assert "fargate_workers" not in fargate  # FargateCluster sets it itself
     ec2 = accepted_keywords("dask_cloudprovider.aws.EC2Cluster")
     assert {"spot", "instance_type", "region", "n_workers", "worker_options"} <= ec2  # VMCluster
-    from distributed import LocalCluster  # noqa: F401 - importable: compare with inspect
     import inspect
 
     from distributed.deploy.spec import SpecCluster
@@ -165,7 +164,7 @@ def test_ray_backend_preset_points_at_the_cluster_yaml():
 def _ray_schema() -> dict:
     spec = importlib.util.find_spec("ray")
     assert spec is not None and spec.submodule_search_locations
-    path = Path(list(spec.submodule_search_locations)[0]) / "autoscaler" / "ray-schema.json"
+    path = Path(next(iter(spec.submodule_search_locations))) / "autoscaler" / "ray-schema.json"
     return json.loads(path.read_text())
 
 
@@ -195,6 +194,7 @@ LOCAL = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "host": "12
          "dashboard_address": None}
 
 
+@pytest.mark.slow  # worker subprocesses
 def test_provisioned_cluster_is_closed_after_the_run():
     backend = make_backend({"type": "dask", "cluster_class": "distributed.LocalCluster",
                             "cluster_kwargs": LOCAL})
@@ -208,6 +208,7 @@ def test_provisioned_cluster_is_closed_after_the_run():
     assert cluster.status.name == "closed"
 
 
+@pytest.mark.slow  # worker subprocesses and a Prefect flow run
 def test_provisioned_cluster_is_closed_after_a_failed_run(tmp_path):
     from _cluster_stub import RecordingLocalCluster, broken
 

@@ -244,6 +244,7 @@ class Controller:
         seg = Segment(trial_id=trial.trial_id, segment_id=self.segment_count, config=config,
                       storage=self.storage, start_iteration=start_iteration if checkpoint else 0,
                       checkpoint=checkpoint, pause_at=self.scheduler.pause_at(trial),
+                      max_t=getattr(self.scheduler, "max_t", None),
                       time_attr=self.scheduler.time_attr, time_offset_s=offset,
                       resources=dict(self.resources), timeout_s=self.trial_timeout_s)
         trial.status = Status.RUNNING
@@ -403,8 +404,9 @@ class Controller:
                 self._end(trial, Status.ERROR, error=_needs_checkpoint_message(self.scheduler))
             else:
                 self._set_status(trial, Status.PAUSED)
-        else:  # the trainable returned, or was stopped at the experiment's end
-            self._end(trial, Status.TERMINATED if status == "returned" else Status.STOPPED)
+        else:  # the trainable returned or reached max_t, or was stopped at the experiment's end
+            done = status in ("returned", "finished")
+            self._end(trial, Status.TERMINATED if done else Status.STOPPED)
 
     def _on_lost(self, msg: dict[str, Any]) -> None:
         fl = self._flight(msg)
@@ -540,6 +542,8 @@ class Controller:
 
     def commit(self) -> list[dict[str, Any]]:
         """Append the state snapshot, flush the journal, return the events of this wave."""
+        if not self._committed:
+            return []  # nothing happened: the last snapshot still holds
         self.journal.append("state", scheduler=self.scheduler.state_dict(),
                             searcher=self.searcher.state_dict(),
                             controller=self._controller_state(),

@@ -43,6 +43,7 @@ class Segment:
     start_iteration: int = 0
     checkpoint: str | None = None
     pause_at: float | None = None
+    max_t: float | None = None  # the scheduler's maximum resource: the trial ends there
     time_attr: str = ITERATION
     time_offset_s: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
@@ -150,9 +151,11 @@ def report(metrics: dict[str, Any] | None = None, *, checkpoint: dict[str, Any] 
 
 def _maybe_end(s: _Session, result: dict[str, Any]) -> None:
     seg = s.segment
-    if seg.pause_at is not None:
-        t = result.get(seg.time_attr)
-        if isinstance(t, (int, float)) and not math.isnan(t) and t >= seg.pause_at:
+    t = result.get(seg.time_attr)
+    if isinstance(t, (int, float)) and not math.isnan(t):
+        if seg.max_t is not None and t >= seg.max_t:
+            raise _EndSegment("finished")
+        if seg.pause_at is not None and t >= seg.pause_at:
             raise _EndSegment("paused")
     if s.deadline is not None and time.time() > s.deadline:
         raise TimeoutError(f"trial {seg.trial_id} ran past timeout_s={seg.timeout_s}")
@@ -165,7 +168,8 @@ def run_segment(trainable: Callable[[dict[str, Any]], Any], segment: Segment,
     """Run one segment of a trial in this thread; return its summary.
 
     The summary holds every result of the segment, so the driver can fill in any streamed
-    message it missed: ``{"status": "returned"|"paused"|"stopped"|"error", "results": [...],
+    message it missed: ``{"status": "returned"|"finished"|"paused"|"stopped"|"error",
+    "results": [...],
     "checkpoint": url, "checkpoint_iteration": n, "error": traceback}``.
     """
     override = channel.started(segment)

@@ -86,9 +86,9 @@ def test_local_backend_slots_resources_and_stop():
         assert b.slots == 2
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
         assert b.describe()["run_id"].startswith("rungflow-")
-        from tuning.trainable import Segment
-
         import trainables
+
+        from tuning.trainable import Segment
 
         b.prepare(trainables.curve)
         seg = Segment(trial_id="t0", segment_id=0, config={"x": 1.0, "iters": 50, "sleep": 0.05},
@@ -108,6 +108,17 @@ def test_local_backend_slots_resources_and_stop():
         assert done["status"] == "stopped" and len(done["results"]) < 50
         streamed = [m["result"]["training_iteration"] for m in msgs if m["type"] == "result"]
         assert streamed == [r["training_iteration"] for r in done["results"]]
+        # a worker that dies is a lost segment (Ray does not retry it: the controller decides)
+        import _cluster_stub
+
+        b.submit(_cluster_stub.crash, Segment(trial_id="t1", segment_id=0, config={},
+                                              storage=seg.storage))
+        msgs = []
+        while not any(m["type"] in ("done", "lost") for m in msgs) and \
+                time.monotonic() < deadline:
+            msgs += b.poll(1.0)
+        assert msgs[-1]["type"] == "lost" and msgs[-1]["trial_id"] == "t1", msgs
+        assert "WorkerCrashedError" in msgs[-1]["error"] or "died" in msgs[-1]["error"]
         shutil.rmtree(seg.storage, ignore_errors=True)
 
 
@@ -141,7 +152,7 @@ def ray_head():
            "--ray-client-server-port", str(_free_port()),
            "--dashboard-agent-listen-port", str(_free_port()),
            "--min-worker-port", "0", "--max-worker-port", "0"]
-    log = open(os.path.join(temp_dir, "ray-start.log"), "w")
+    log = open(os.path.join(temp_dir, "ray-start.log"), "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **_RAY_ENV})
     pgid = os.getpgid(proc.pid)
@@ -193,3 +204,18 @@ def test_constructor_validation():
         RayBackend(connect_timeout_s=0)
     with pytest.raises(BackendError, match="cluster_config: no such file"):
         RayBackend(cluster_config="/nonexistent/ray.yaml").start()
+
+
+def test_cluster_config_runs_ray_up_and_always_ray_down(tmp_path, monkeypatch):
+    """`ray up` failing (no cloud here) still ends with `ray down`; a stand-in CLI records both."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "ray"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n"
+                    "[ \"$1\" = up ] && { echo 'no AWS credentials' >&2; exit 1; }\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(RayBackend, "_ray_cli", lambda self: str(fake))
+    cfg = Path(__file__).resolve().parents[2] / "deployments" / "ray-aws.yaml"
+    b = make_backend({"type": "ray", "cluster_config": str(cfg)})
+    with pytest.raises(BackendError, match="ray up -y .*failed .*no AWS credentials"):
+        b.start()
+    assert calls.read_text().splitlines() == [f"up -y --no-config-cache {cfg}", f"down -y {cfg}"]

@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from tuning.backends._base import Backend, BackendError
 from tuning.trainable import Segment, run_segment
@@ -227,10 +228,8 @@ class RayBackend(Backend):
         try:
             if ray.is_initialized():
                 for ref in list(self._refs):
-                    try:
+                    with contextlib.suppress(Exception):  # already finished: nothing to do
                         ray.cancel(ref, force=True)
-                    except Exception:  # noqa: BLE001 - already finished, best effort
-                        pass
                 if self._hub is not None:
                     ray.kill(self._hub)
         except Exception as exc:  # noqa: BLE001 - best effort on the way out
@@ -256,15 +255,15 @@ class RayBackend(Backend):
         log.info("ray up -y %s", cfg)
         self._launched = True  # from here on, close() runs `ray down` whatever happens
         proc = subprocess.run([self._ray_cli(), "up", "-y", "--no-config-cache", cfg],
-                              capture_output=True, text=True)
+                              check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             raise BackendError(f"backend.cluster_config: `ray up -y {cfg}` failed "
                                f"(exit {proc.returncode}): {_tail(proc.stderr or proc.stdout)}")
 
     def _launched_address(self) -> str:
         cfg = str(self.cluster_config)
-        proc = subprocess.run([self._ray_cli(), "get-head-ip", cfg], capture_output=True,
-                              text=True)
+        proc = subprocess.run([self._ray_cli(), "get-head-ip", cfg], check=False,
+                              capture_output=True, text=True)
         ip = (proc.stdout.strip().splitlines() or [""])[-1].strip()
         if proc.returncode != 0 or not ip:
             raise BackendError(f"backend.cluster_config: `ray get-head-ip {cfg}` failed: "
@@ -275,8 +274,8 @@ class RayBackend(Backend):
         cfg = str(self.cluster_config)
         log.info("ray down -y %s", cfg)
         self._launched = False
-        proc = subprocess.run([self._ray_cli(), "down", "-y", cfg], capture_output=True,
-                              text=True)
+        proc = subprocess.run([self._ray_cli(), "down", "-y", cfg], check=False,
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             log.error("`ray down -y %s` failed (exit %s); the cluster may still be running: %s",
                       cfg, proc.returncode, _tail(proc.stderr or proc.stdout))
@@ -309,13 +308,11 @@ class RayBackend(Backend):
             d["address"] = self.address
         if self.cluster_config:
             d["cluster_config"] = str(self.cluster_config)
-        try:
+        with contextlib.suppress(Exception):  # description only
             import ray
 
             if ray.is_initialized():
                 d["gcs_address"] = ray.get_runtime_context().gcs_address
-        except Exception:  # noqa: BLE001 - description only
-            pass
         return d
 
     # -- segments --------------------------------------------------------------------------

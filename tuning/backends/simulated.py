@@ -205,7 +205,10 @@ class SimulatedBackend(Backend):
     def _segment_status(run: _Running, result: dict[str, Any],
                         trainable: SimulatedTrainable) -> str | None:
         seg = run.segment
-        if seg.pause_at is not None and result.get(seg.time_attr, 0) >= seg.pause_at:
+        t = result.get(seg.time_attr, 0)
+        if seg.max_t is not None and t >= seg.max_t:
+            return "finished"
+        if seg.pause_at is not None and t >= seg.pause_at:
             return "paused"
         if run.stop_requested:
             return "stopped"

@@ -87,6 +87,7 @@ class MlflowTracker:
         self._queue: queue.Queue[Any] | None = None
         self._thread: threading.Thread | None = None
         self._error: Exception | None = None
+        self._batches: dict[str, dict[str, list[Any]]] = {}
 
     # -- opening ---------------------------------------------------------------------------
     def open(self, parent_run_id: str | None = None) -> str:
@@ -107,7 +108,8 @@ class MlflowTracker:
                 "rungflow.run_name": self.run_name, **self.tags})
             self.parent_run_id = run.info.run_id
             params = [Param(k, _param(v)) for k, v in self.parent_params.items()]
-            self._log_batch(self.parent_run_id, params=params)
+            self._queued(self.parent_run_id)["params"].extend(params)
+            self._flush_batches()
         else:
             self.client.set_terminated(self.parent_run_id, "RUNNING")
             self._load_children()
@@ -208,10 +210,25 @@ class MlflowTracker:
             elif kind == "trial_status" and Status(ev["status"]) != Status.RUNNING:
                 ended[tid] = ev
         for tid, ms in metrics.items():
-            for i in range(0, len(ms), 900):
-                self._log_batch(self.runs[tid], metrics=ms[i:i + 900])
+            self._queued(self.runs[tid])["metrics"].extend(ms)
         for tid, ev in ended.items():
-            self._trial_ended(tid, ev, configs.get(tid, {}))
+            self._trial_tags(tid, ev, configs.get(tid, {}))
+        self._flush_batches()
+        for tid, ev in ended.items():
+            self._trial_closed(tid, ev)
+
+    def _queued(self, run_id: str) -> dict[str, list[Any]]:
+        return self._batches.setdefault(run_id, {"metrics": [], "params": [], "tags": []})
+
+    def _flush_batches(self) -> None:
+        """One ``log_batch`` per run and wave (MLflow's limits: 1000 metrics, 100 params,
+        100 tags a call)."""
+        batches, self._batches = self._batches, {}
+        for run_id, b in batches.items():
+            m, p, t = b["metrics"], b["params"], b["tags"]
+            while m or p or t:
+                self._log_batch(run_id, metrics=m[:900], params=p[:100], tags=t[:100])
+                m, p, t = m[900:], p[100:], t[100:]
 
     def _ensure_run(self, trial_id: str, config: Mapping[str, Any]) -> str:
         if trial_id in self.runs:
@@ -225,7 +242,8 @@ class MlflowTracker:
         self.runs[trial_id] = run.info.run_id
         self.configs[trial_id] = dict(config)
         self.logged_step[trial_id] = 0
-        self._log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in config.items()])
+        self._queued(run.info.run_id)["params"].extend(
+            Param(k, _param(v)) for k, v in config.items())
         return run.info.run_id
 
     def _config_changed(self, trial_id: str, config: Mapping[str, Any], segment: Any) -> None:
@@ -244,8 +262,8 @@ class MlflowTracker:
                 if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
                 and math.isfinite(float(v))]
 
-    def _trial_ended(self, trial_id: str, ev: Mapping[str, Any], config: Mapping[str, Any]
-                     ) -> None:
+    def _trial_tags(self, trial_id: str, ev: Mapping[str, Any], config: Mapping[str, Any]
+                    ) -> None:
         run_id = self._ensure_run(trial_id, config)
         status = Status(ev["status"])
         tags = [RunTag("rungflow.status", str(status)),
@@ -256,9 +274,13 @@ class MlflowTracker:
         if ev.get("error"):
             tags.append(RunTag("rungflow.error", ev["error"].strip().splitlines()[-1][:4000]))
             self._log_text(trial_id, "error.txt", ev["error"])
-        self._log_batch(run_id, tags=tags)
+        self._queued(run_id)["tags"].extend(tags)
+
+    def _trial_closed(self, trial_id: str, ev: Mapping[str, Any]) -> None:
+        status = Status(ev["status"])
         if status == Status.PAUSED:
             return
+        run_id = self.runs[trial_id]
         ckpt = ev.get("checkpoint")
         if ckpt and not ckpt.startswith("sim://"):
             self._log_checkpoint(run_id, ckpt)
