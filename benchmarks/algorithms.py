@@ -12,8 +12,9 @@ ends it. Per method it reports:
   ``max_t`` (fully trained), mean and standard deviation over seeds;
 * the compute to reach FIFO + random's quality: per seed, the cumulative iterations (all trials,
   in the order the virtual clock delivered the results) at the first result whose accuracy is
-  ``>= 0.99 *`` FIFO + random's best final score of that seed; the median over the seeds that got
-  there, its ratio to FIFO + random's total compute (``n * 81``), and how many seeds got there.
+  ``>= 0.99 *`` FIFO + random's best final score of that seed; the median over all seeds (a seed
+  that never got there counts as infinite: "not reached" when half or more never did), its ratio
+  to FIFO + random's total compute (``n * 81``), and how many seeds got there.
 
 Results go through the controller's real code; only the journal is lean by default: a
 ``memory://`` journal that does not serialize the per-wave ``state`` snapshot (used for resume
@@ -192,14 +193,20 @@ def summarize(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
         scores = [r["best_final"] for r in mine if not math.isnan(r["best_final"])]
         hits = [compute_to(r["trace"], TARGET * base[r["seed"]]) for r in mine]
         reached = [h for h in hits if h is not None]
-        med = statistics.median(reached) if reached else None
+        # the median over all seeds, a seed that never got there counting as infinite compute
+        med = statistics.median([math.inf if h is None else h for h in hits]) if hits else None
+        med = None if med is None or math.isinf(med) else med
         wins = sum(r["best_final"] > base[r["seed"]] for r in mine)
+        diffs = [r["best_final"] - base[r["seed"]] for r in mine]
         rows.append({
             "method": m.name, "mean": statistics.fmean(scores) if scores else math.nan,
             "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "no_full": len(mine) - len(scores), "wins": wins,
             "compute": statistics.fmean(r["compute"] for r in mine),
             "configs": statistics.fmean(r["configs"] for r in mine),
+            "delta": statistics.fmean(diffs),
+            "delta_se": statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0,
+            "median_reached": statistics.median(reached) if reached else None,
             "median_to": med, "ratio": None if med is None else med / (n * MAX_T),
             "reached": len(reached), "seeds": len(mine),
             "wall": sum(r["wall"] for r in mine),
@@ -208,19 +215,22 @@ def summarize(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]], n: int) -> str:
-    head = ("| method | best final score at equal compute (mean ± std) | beats FIFO+random "
-            "(seeds) | compute used (iterations, mean) | configs tried (mean) | median compute "
+    head = ("| method | best final score at equal compute (mean ± std) | paired difference to "
+            "FIFO+random (mean ± s.e.) | beats FIFO+random (seeds) | compute used (iterations, mean) | configs tried (mean) | median compute "
             f"to ≥ 0.99 × FIFO+random's best | ratio to FIFO+random's compute ({n * MAX_T}) "
             "| seeds reached |")
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         score = f"{r['mean']:.4f} ± {r['std']:.4f}"
         if r["no_full"]:
             score += f" ({r['no_full']} seeds: no trial reached max_t)"
         med = "not reached" if r["median_to"] is None else f"{r['median_to']:.0f}"
+        if r["median_to"] is None and r["median_reached"] is not None:
+            med += f" (median of the seeds that reached it: {r['median_reached']:.0f})"
+        delta = "—" if r["method"] == BASELINE else f"{r['delta']:+.4f} ± {r['delta_se']:.4f}"
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
         wins = "—" if r["method"] == BASELINE else f"{r['wins']}/{r['seeds']}"
-        lines.append(f"| {r['method']} | {score} | {wins} | {r['compute']:.0f} | "
+        lines.append(f"| {r['method']} | {score} | {delta} | {wins} | {r['compute']:.0f} | "
                      f"{r['configs']:.1f} | {med} | {ratio} | {r['reached']}/{r['seeds']} |")
     return "\n".join(lines)
 

@@ -32,3 +32,40 @@ def no_checkpoint(config):
 
 def wrong_metric(config):
     report(loss=1.0)
+
+
+def nan_metric(config):
+    report(score=1.0)
+    report(score=float("nan"))
+
+
+def string_metric(config):
+    report(score="high")
+
+
+def bad_checkpoint(config):
+    report(score=1.0, checkpoint={"fn": lambda: 1})
+
+
+def hangs(config):
+    report(score=1.0)
+    time.sleep(600)
+
+
+def fails_once(config):
+    """Fails at iteration 4 the first time (a marker file remembers), then finishes."""
+    import os
+
+    ck = get_checkpoint()
+    start = ck["it"] if ck else 0
+    marker = os.path.join(config["marker_dir"], f"{config['x']:.6f}")
+    for it in range(start + 1, 7):
+        if it == 4 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("transient failure")
+        report(score=config["x"] * it, checkpoint={"it": it})
+
+
+from tuning.backends.simulated import CrossingCurves  # noqa: E402
+
+SIM = CrossingCurves(max_t=9)

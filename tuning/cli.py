@@ -128,16 +128,28 @@ def _print_result(result: Any) -> None:
 
 
 def _status_of(res: Any) -> str:
-    from tuning._trial import Status
+    """finished (the journal says so), running (its driver process is alive on this host, or,
+    seen from another host, it wrote in the last minute), else interrupted."""
+    import socket
 
     if res.state.finished:
         return "finished"
-    running = any(t.status == Status.RUNNING for t in res.trials)
-    last = res.state.last_event_time or 0.0
-    pid = (res.state.extra or {}).get("pid")
-    if running and time.time() - last < 60:
+    pid, host = res.state.extra.get("pid"), res.state.extra.get("host")
+    if pid and host == socket.gethostname():
+        return "running" if _alive(int(pid)) else "interrupted"
+    if time.time() - (res.state.last_event_time or 0.0) < 60:
         return "running"
-    return "interrupted" if res.state.attempts else "created"
+    return "interrupted"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ class _Flight:
     end_as: Status | None = None  # a decision taken while it runs: STOPPED/TERMINATED/PAUSED/ERROR
     error: str | None = None
     started: bool = False
+    started_at: float | None = None  # wall clock, for timeout_s
+    no_retry: bool = False
 
 
 @dataclass
@@ -113,8 +115,11 @@ class Controller:
         elif replayed is not None:
             self.trials = {}
         self._t0 = self.backend.clock()
+        import os
+        import socket
+
         self._emit("run_started", resumed=bool(replayed and replayed.state), backend=
-                   self.backend.describe())
+                   self.backend.describe(), pid=os.getpid(), host=socket.gethostname())
 
     def _restore(self, st: ExperimentState) -> None:
         self.trials = st.trials
@@ -285,8 +290,30 @@ class Controller:
             if handler is not None:
                 handler(msg)
         self._stop_chosen()
+        self._check_timeouts()
         self._check_time_budget()
         return self.commit()
+
+    def _check_timeouts(self) -> None:
+        """A trial running past ``timeout_s`` (hung, or never reporting) is ended: its worker
+        is restarted where the backend can, and the trial is an ERROR."""
+        limit = self.trial_timeout_s
+        if limit is None or getattr(self.backend, "virtual_clock", False):
+            return
+        now = time.time()
+        for tid, fl in list(self.flights.items()):
+            if fl.started_at is None or fl.end_as is not None or now - fl.started_at <= limit:
+                continue
+            fl.end_as, fl.no_retry = Status.ERROR, True
+            fl.error = (f"trial {tid} ran past timeout_s={limit:g} without finishing; ended")
+            self._emit("decision", trial_id=tid, decision="STOP",
+                       iteration=self.trials[tid].iteration, rung=self.trials[tid].rung,
+                       reason="timeout")
+            kill = getattr(self.backend, "kill", None)
+            if kill is not None:
+                kill(tid)
+            else:
+                self.backend.stop(tid)
 
     def _stop_chosen(self) -> None:
         """Paused trials that a synchronous scheduler dropped at a rung (HyperBand)."""
@@ -316,6 +343,7 @@ class Controller:
                           f"worker lost; segment {fl.segment.segment_id} restarted by the cluster",
                           resubmit=False)
         fl.started = True
+        fl.started_at = time.time()
 
     def _on_result(self, msg: dict[str, Any]) -> None:
         fl = self._flight(msg)
@@ -340,6 +368,16 @@ class Controller:
     def _decide(self, trial: Trial, fl: _Flight, result: dict[str, Any]) -> None:
         if self.metric not in result:
             self._abort_metric_missing(trial, result)
+            return
+        value = result[self.metric]
+        if not math.isfinite(float(value)):
+            fl.end_as = Status.ERROR
+            fl.error = (f"metric {self.metric!r} was {value!r} at iteration {result[ITERATION]}: "
+                        "a NaN or infinite value cannot be ranked (the trial diverged?)")
+            fl.no_retry = True
+            self.backend.stop(trial.trial_id)
+            self._emit("decision", trial_id=trial.trial_id, decision="STOP",
+                       iteration=result[ITERATION], rung=trial.rung, reason="non-finite metric")
             return
         decision = self.scheduler.on_result(trial, result)
         if decision == Decision.CONTINUE and any(s(trial.trial_id, result) for s in self.stoppers):
@@ -393,10 +431,16 @@ class Controller:
         if hasattr(self.backend, "segment_finished"):
             self.backend.segment_finished(trial.trial_id)
         status = summary["status"]
-        if status == "error" and fl.end_as is None:
-            self._failure(trial, fl, summary.get("error") or "unknown error", resubmit=True)
+        error = summary.get("error") or "unknown error"
+        if status == "error" and fl.end_as is None and _not_retryable(error):
+            self._end(trial, Status.ERROR, error=error)
+            self._maybe_fail_fast(trial, error)
+        elif status == "error" and fl.end_as is None:
+            self._failure(trial, fl, error, resubmit=True)
         elif fl.end_as == Status.ERROR:
             self._end(trial, Status.ERROR, error=fl.error)
+            if self.aborted is None:
+                self._maybe_fail_fast(trial, fl.error or "")
         elif fl.end_as is not None and fl.end_as != Status.PAUSED:
             self._end(trial, fl.end_as)
         elif status == "paused" or fl.end_as == Status.PAUSED:
@@ -414,7 +458,10 @@ class Controller:
             return
         del self.flights[msg["trial_id"]]
         trial = self.trials[msg["trial_id"]]
-        if fl.end_as is not None and fl.end_as != Status.ERROR:
+        if fl.end_as == Status.ERROR:
+            self._end(trial, Status.ERROR, error=fl.error)
+            return
+        if fl.end_as is not None:
             self._end(trial, fl.end_as if fl.end_as != Status.PAUSED else Status.STOPPED)
             return
         self._failure(trial, fl, msg.get("error", "worker lost"), resubmit=True)
@@ -433,7 +480,10 @@ class Controller:
             self.backend.stop(trial.trial_id)
             return
         self._end(trial, Status.ERROR, error=error)
-        if self.fail_fast:
+        self._maybe_fail_fast(trial, error)
+
+    def _maybe_fail_fast(self, trial: Trial, error: str) -> None:
+        if self.fail_fast and self.aborted is None:
             self._fail_all(f"fail_fast: trial {trial.trial_id} failed:\n{error}", ExperimentAborted)
 
     def _end(self, trial: Trial, status: Status, error: str | None = None) -> None:
@@ -576,6 +626,15 @@ class Controller:
 
 
 _RESERVED = {ITERATION, "time_this_iter_s", "time_total_s", "timestamp", "checkpoint"}
+
+
+_NOT_RETRYABLE = ("MetricError", "CheckpointError", "TimeoutError: trial")
+
+
+def _not_retryable(error: str) -> bool:
+    """Errors a retry cannot fix: a metric that is not a number, an unsafe checkpoint."""
+    last = error.strip().splitlines()[-1] if error.strip() else ""
+    return any(last.startswith(k) or f".{k}" in last.split(":")[0] for k in _NOT_RETRYABLE)
 
 
 def _ema(old: float | None, new: float, alpha: float = 0.3) -> float:

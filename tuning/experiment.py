@@ -170,6 +170,7 @@ def _apply(st: ExperimentState, ev: dict[str, Any]) -> None:
     elif kind == "run_started":
         st.attempts += 1
         st.finished = False
+        st.extra["pid"], st.extra["host"] = ev.get("pid"), ev.get("host")
     elif kind == "tracking":
         st.parent_run_id = ev.get("parent_run_id") or st.parent_run_id
     elif kind == "trial_created":

@@ -107,6 +107,7 @@ class DaskBackend(Backend):
         self._trainable_future: Any = None
         self._workers: dict[str, str] = {}  # trial id -> address of the worker running it
         self._pending_stops: set[str] = set()
+        self._segment_ids: dict[str, int] = {}
         self._owns_cluster = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -198,6 +199,7 @@ class DaskBackend(Backend):
                                  key=f"{segment.trial_id}-seg{segment.segment_id}-{self.topic}",
                                  pure=False, resources=_dask_resources(segment.resources))
         self._futures[segment.trial_id] = fut
+        self._segment_ids[segment.trial_id] = segment.segment_id
         fut.add_done_callback(lambda f, s=segment: self._on_done(f, s))
 
     def _on_event(self, event: tuple[float, Any]) -> None:
@@ -249,6 +251,21 @@ class DaskBackend(Backend):
                             wait=False)
         except Exception as exc:  # noqa: BLE001 - the worker may be gone; a restart re-sends
             log.debug("stop of %s not delivered: %s", trial_id, exc)
+
+    def kill(self, trial_id: str) -> None:
+        """End a trial that does not report (hung): forget its task, restart its worker."""
+        fut = self._futures.pop(trial_id, None)
+        worker = self._workers.get(trial_id)
+        if fut is not None:
+            fut.cancel()
+            self._messages.put({"type": "lost", "trial_id": trial_id,
+                                "segment_id": self._segment_ids.get(trial_id),
+                                "error": "killed after timeout_s"})
+        if worker is not None and self.client is not None:
+            try:
+                self.client.restart_workers([worker], raise_for_error=False)
+            except Exception as exc:  # noqa: BLE001 - a worker without a nanny cannot restart
+                log.warning("could not restart worker %s running %s: %s", worker, trial_id, exc)
 
     def checkpoint_saved(self, trial_id: str, url: str, iteration: int) -> None:
         self.client.set_metadata([self.topic, "ckpt", trial_id],

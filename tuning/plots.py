@@ -1,0 +1,402 @@
+"""Static pictures of an experiment: learning curves, rungs reached, parallel coordinates.
+
+Engine-side and headless: figures are built with :class:`matplotlib.figure.Figure` on the Agg
+canvas, never through ``pyplot``, so no GUI backend is touched, no global figure registry grows
+and nothing needs closing. Every function takes plain :class:`~tuning._trial.Trial` objects (a
+list or the ``{trial_id: Trial}`` dict of a controller or a replayed journal) and writes a PNG
+to a local path or any fsspec URL.
+
+Example:
+    >>> from tuning._trial import Status, Trial
+    >>> t = Trial("trial-000", {"lr": 0.1}, Status.TERMINATED,
+    ...           [{"training_iteration": 1, "loss": 0.5}, {"training_iteration": 2, "loss": 0.3}])
+    >>> import tempfile, os
+    >>> out = all_plots([t], "loss", "min", [], tempfile.mkdtemp())
+    >>> [os.path.basename(p) for p in out]
+    ['learning_curves.png', 'rung_diagram.png', 'parallel_coordinates.png']
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from tuning._trial import ITERATION, Trial
+
+__all__ = [
+    "STATUS_COLOURS",
+    "all_plots",
+    "is_log_scale",
+    "learning_curves",
+    "normalise_param",
+    "parallel_coordinates",
+    "rung_counts",
+    "rung_diagram",
+]
+
+# What the scheduler made of a trial -> its colour (colour-blind safe Okabe-Ito hues).
+STATUS_COLOURS: dict[str, str] = {
+    "TERMINATED": "#009E73",  # ran to the end: green
+    "STOPPED": "#E69F00",  # stopped early: orange
+    "ERROR": "#D55E00",  # failed: vermilion
+    "PAUSED": "#0072B2",  # waiting at a rung: blue
+    "RUNNING": "#CC79A7",  # still training: purple
+    "PENDING": "#999999",  # not started: grey
+}
+_LABELS = {"TERMINATED": "finished", "STOPPED": "stopped early", "ERROR": "error",
+           "PAUSED": "paused", "RUNNING": "running", "PENDING": "pending"}
+_UNKNOWN_COLOUR = "#555555"
+_DPI = 100
+
+
+
+def _trials(trials: Any) -> list[Trial]:
+    if isinstance(trials, Mapping):
+        return list(trials.values())
+    return list(trials)
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "value", status)).upper()
+
+
+def _colour_for(status: Any) -> str:
+    """The line colour of a trial in ``status`` (a :class:`Status` or its name)."""
+    return STATUS_COLOURS.get(_status_name(status), _UNKNOWN_COLOUR)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (
+        isinstance(v, float) and math.isnan(v))
+
+
+def _curve(trial: Trial, metric: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, r in enumerate(trial.results):
+        v = r.get(metric)
+        if _is_number(v):
+            xs.append(float(r.get(ITERATION, i + 1)))
+            ys.append(float(v))  # type: ignore[arg-type]
+    return xs, ys
+
+
+def _save(fig: Figure, path: str) -> str:
+    path = os.fspath(path)
+    FigureCanvasAgg(fig)
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=_DPI)
+        with fsspec.open(path, "wb") as f:
+            f.write(buf.getvalue())
+    else:
+        local = path.removeprefix("file://")
+        parent = os.path.dirname(local)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        fig.savefig(local, format="png", dpi=_DPI)
+    fig.clear()
+    return path
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#666666")
+
+
+# -- learning curves --------------------------------------------------------------------------
+def _stop_points(trials: Sequence[Trial], decisions: Iterable[Mapping[str, Any]] | None
+                 ) -> dict[str, float]:
+    """Iteration at which each stopped trial was stopped: the journal's STOP decision if there
+    is one, else ``stopped_at``, else its last result."""
+    out: dict[str, float] = {}
+    for d in decisions or ():
+        if str(d.get("decision", "")).upper() == "STOP" and d.get("trial_id") is not None:
+            it = d.get("iteration", d.get("rung"))
+            if _is_number(it):
+                out[str(d["trial_id"])] = float(it)
+    for t in trials:
+        if _status_name(t.status) == "STOPPED" and t.trial_id not in out:
+            if t.stopped_at is not None:
+                out[t.trial_id] = float(t.stopped_at)
+            elif t.results:
+                out[t.trial_id] = float(t.iteration)
+    return out
+
+
+def _pause_points(decisions: Iterable[Mapping[str, Any]] | None) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for d in decisions or ():
+        if str(d.get("decision", "")).upper() == "PAUSE" and _is_number(d.get("iteration")):
+            out.setdefault(str(d["trial_id"]), []).append(float(d["iteration"]))
+    return out
+
+
+def _y_at(xs: list[float], ys: list[float], x: float) -> float:
+    """The curve's value at iteration ``x`` (the last point at or before it)."""
+    best = ys[0]
+    for xi, yi in zip(xs, ys):
+        if xi <= x:
+            best = yi
+    return best
+
+
+def _draw_learning_curves(ax: Axes, trials: Any, metric: str, mode: str,
+                          decisions: Iterable[Mapping[str, Any]] | None = None) -> list[Line2D]:
+    """Draw one line per trial on ``ax``, coloured by status; returns the trial lines (in trial
+    order, trials without the metric skipped) so tests can check their colours."""
+    ts = _trials(trials)
+    decisions = list(decisions or ())
+    stops, pauses = _stop_points(ts, decisions), _pause_points(decisions)
+    lines: list[Line2D] = []
+    seen: list[str] = []
+    best_id, best_v = None, None
+    for t in ts:
+        xs, ys = _curve(t, metric)
+        if not xs:
+            continue
+        status = _status_name(t.status)
+        colour = _colour_for(status)
+        (line,) = ax.plot(xs, ys, color=colour, linewidth=1.2, alpha=0.85,
+                          marker="." if len(xs) == 1 else None, label=t.trial_id)
+        lines.append(line)
+        if status not in seen:
+            seen.append(status)
+        if t.trial_id in stops:
+            x = stops[t.trial_id]
+            ax.plot([x], [_y_at(xs, ys, x)], marker="X", markersize=8, color=colour,
+                    markeredgecolor="black", markeredgewidth=0.6, linestyle="none", zorder=3)
+        for x in pauses.get(t.trial_id, []):
+            ax.plot([x], [_y_at(xs, ys, x)], marker="o", markersize=3, color="#0072B2",
+                    linestyle="none", zorder=3)
+        last = ys[-1]
+        if best_v is None or (last > best_v if mode == "max" else last < best_v):
+            best_id, best_v = t.trial_id, last
+    if not lines:
+        _empty(ax, f"no trial has reported {metric!r} yet")
+    for line in lines:
+        if line.get_label() == best_id:
+            line.set_linewidth(2.8)
+            line.set_alpha(1.0)
+            line.set_zorder(4)
+    handles: list[Any] = [Line2D([], [], color=_colour_for(s), label=_LABELS.get(s, s.lower()))
+                          for s in seen]
+    if stops:
+        handles.append(Line2D([], [], marker="X", color="#777777", markeredgecolor="black",
+                              linestyle="none", label="stopped here"))
+    if pauses:
+        handles.append(Line2D([], [], marker="o", markersize=3, color="#0072B2",
+                              linestyle="none", label="paused at rung"))
+    if best_id is not None:
+        handles.append(Line2D([], [], color="black", linewidth=2.8, label=f"best: {best_id}"))
+    if handles:
+        ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.8)
+    ax.set_xlabel(ITERATION)
+    ax.set_ylabel(metric)
+    ax.set_title(f"Learning curves ({metric}, {mode}), {len(ts)} trials")
+    ax.grid(True, alpha=0.3)
+    return lines
+
+
+def learning_curves(trials: Any, metric: str, mode: str,
+                    decisions: list[dict[str, Any]] | None, path: str) -> str:
+    """``metric`` against ``training_iteration``, one line per trial, coloured by what the
+    scheduler decided (finished, stopped early with an ``X`` where it stopped, error, paused,
+    running); the best trial (last value) is drawn thicker. ``decisions`` are the journal's
+    ``decision`` events (optional: they place the stop and pause markers exactly)."""
+    fig = Figure(figsize=(10, 6), dpi=_DPI, layout="constrained")
+    _draw_learning_curves(fig.add_subplot(), trials, metric, mode, decisions)
+    return _save(fig, path)
+
+
+# -- rungs ------------------------------------------------------------------------------------
+def _reached(t: Trial) -> int:
+    return max(t.iteration, int(t.rung or 0), int(t.stopped_at or 0) if t.results else 0)
+
+
+def _levels(ts: Sequence[Trial]) -> list[int]:
+    reached = [_reached(t) for t in ts if _reached(t) > 0]
+    rungs = {int(t.rung) for t in ts if t.rung is not None and t.rung > 0}
+    if rungs:  # the milestones decisions were taken at, and the furthest any trial went
+        return sorted(rungs | ({max(reached)} if reached else set()))
+    return sorted(set(reached))
+
+
+def rung_counts(trials: Any, levels: Sequence[int] | None = None) -> dict[int, int]:
+    """How many trials reached each milestone level.
+
+    A trial reaches a level when its last training iteration (or the rung it was decided at)
+    is at least that level. ``levels`` default to the rungs decisions were taken at plus the
+    furthest iteration any trial reached; with no rungs at all (FIFO), to every distinct final
+    iteration. Trials without results reach nothing.
+
+    Example:
+        >>> from tuning._trial import Trial
+        >>> def t(i, it, rung): return Trial(f"t{i}", {}, results=[
+        ...     {"training_iteration": k} for k in range(1, it + 1)], rung=rung)
+        >>> rung_counts([t(0, 1, 1), t(1, 3, 3), t(2, 9, 3), t(3, 0, None)])
+        {1: 3, 3: 2, 9: 1}
+    """
+    ts = _trials(trials)
+    lv = sorted({int(x) for x in levels}) if levels is not None else _levels(ts)
+    return {level: sum(1 for t in ts if _reached(t) >= level) for level in lv}
+
+
+def rung_diagram(trials: Any, path: str, levels: Sequence[int] | None = None) -> str:
+    """Bars: trials that reached each milestone, stacked by their current status."""
+    ts = _trials(trials)
+    counts = rung_counts(ts, levels)
+    fig = Figure(figsize=(8, 5), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    if not counts:
+        _empty(ax, "no trial has reported a result yet")
+    else:
+        xs = list(range(len(counts)))
+        bottoms = [0] * len(counts)
+        statuses = [s for s in STATUS_COLOURS if any(_status_name(t.status) == s for t in ts)]
+        for s in statuses:
+            heights = [sum(1 for t in ts if _status_name(t.status) == s and _reached(t) >= lv)
+                       for lv in counts]
+            ax.bar(xs, heights, bottom=bottoms, color=_colour_for(s), label=_LABELS[s],
+                   edgecolor="white")
+            bottoms = [b + h for b, h in zip(bottoms, heights)]
+        for x, n in zip(xs, counts.values()):
+            ax.text(x, n, str(n), ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(xs, [str(lv) for lv in counts])
+        ax.set_ylim(0, max(counts.values()) * 1.15 + 0.5)
+        ax.legend(loc="upper right", fontsize=8, title="status now", title_fontsize=8)
+    ax.set_xlabel("milestone (training iterations reached)")
+    ax.set_ylabel("trials")
+    ax.set_title(f"Trials reaching each rung ({len(ts)} trials)")
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+# -- parallel coordinates ---------------------------------------------------------------------
+def is_log_scale(values: Iterable[Any]) -> bool:
+    """True for positive numbers spanning more than two decades (``max / min > 100``)."""
+    nums = [float(v) for v in values if _is_number(v)]
+    return bool(nums) and min(nums) > 0 and max(nums) / min(nums) > 100
+
+
+def normalise_param(values: Sequence[Any]) -> tuple[list[float], str, list[tuple[float, str]]]:
+    """Map one parameter's values onto ``[0, 1]``.
+
+    Returns ``(positions, kind, ticks)``: ``kind`` is ``"log"`` (positive numbers over more
+    than two decades, placed by ``log10``), ``"linear"`` (other numbers), or ``"categorical"``
+    (anything else: strings, bools, lists, mixed; sorted by their text and spread evenly).
+    Missing values (``None`` among numbers) become ``nan``; a constant column sits at 0.5.
+    ``ticks`` are ``(position, label)`` pairs for the axis.
+
+    Example:
+        >>> normalise_param([1e-4, 1e-2, 1.0])[:2]
+        ([0.0, 0.5, 1.0], 'log')
+        >>> normalise_param(["relu", "tanh", "relu"])[:2]
+        ([0.0, 1.0, 0.0], 'categorical')
+    """
+    present = [v for v in values if v is not None]
+    if present and all(_is_number(v) for v in present):
+        log = is_log_scale(present)
+        f = (lambda v: math.log10(float(v))) if log else (lambda v: float(v))
+        lo, hi = min(f(v) for v in present), max(f(v) for v in present)
+        span = hi - lo
+        pos = [math.nan if v is None or not _is_number(v) else
+               (0.5 if span == 0 else (f(v) - lo) / span) for v in values]
+        lo_v, hi_v = min(present), max(present)
+        ticks = [(0.5, f"{lo_v:.3g}")] if span == 0 else [(0.0, f"{lo_v:.3g}"),
+                                                          (1.0, f"{hi_v:.3g}")]
+        return pos, "log" if log else "linear", ticks
+    cats = sorted({_cat(v) for v in values}, key=str)
+    n = len(cats)
+    code = {c: (0.5 if n == 1 else i / (n - 1)) for i, c in enumerate(cats)}
+    return [code[_cat(v)] for v in values], "categorical", [(code[c], c) for c in cats]
+
+
+def _cat(v: Any) -> str:
+    return str(v)
+
+
+def _score(t: Trial, metric: str) -> float | None:
+    for r in reversed(t.results):
+        if _is_number(r.get(metric)):
+            return float(r[metric])
+    return None
+
+
+def _draw_parallel(fig: Figure, ax: Axes, trials: Sequence[Trial], metric: str, mode: str
+                   ) -> None:
+    params = sorted({k for t in trials for k in t.config})
+    cols: list[tuple[str, list[float], str, list[tuple[float, str]]]] = []
+    for p in params:
+        pos, kind, ticks = normalise_param([t.config.get(p) for t in trials])
+        cols.append((p + (" (log)" if kind == "log" else ""), pos, kind, ticks))
+    scores = [_score(t, metric) for t in trials]
+    pos, kind, ticks = normalise_param(scores)
+    cols.append((metric, pos, kind, ticks))
+    known = [s for s in scores if s is not None]
+    cmap = "viridis" if mode == "max" else "viridis_r"  # the best trials are the brightest
+    norm = Normalize(min(known), max(known) if max(known) > min(known) else min(known) + 1) \
+        if known else Normalize(0, 1)
+    sm = ScalarMappable(norm=norm, cmap=cmap)
+    xs = list(range(len(cols)))
+    order = sorted(range(len(trials)), key=lambda i: (scores[i] is not None,
+                   (scores[i] or 0) * (1 if mode == "max" else -1)))  # best drawn on top
+    for i in order:
+        ys = [c[1][i] for c in cols]
+        if scores[i] is None:
+            ax.plot(xs, ys, color="#BBBBBB", linewidth=0.8, linestyle="--", alpha=0.7)
+        else:
+            rgba = sm.to_rgba(scores[i])  # type: ignore[arg-type]
+            ax.plot(xs, ys, color=rgba, linewidth=1.4, alpha=0.9, marker="o", markersize=3)
+    for x, (_, _, _, tk) in zip(xs, cols):
+        ax.axvline(x, color="#444444", linewidth=0.8)
+        for y, label in tk[:12]:
+            ax.text(x + 0.02, y, label[:16], fontsize=7, va="center", ha="left",
+                    color="#222222", clip_on=False)
+    ax.set_xticks(xs, [c[0] for c in cols], rotation=20, ha="right")
+    ax.set_xlim(-0.1, max(len(cols) - 1, 1) + 0.4)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_yticks([])
+    fig.colorbar(sm, ax=ax, label=f"{metric} (last reported)")
+
+
+def parallel_coordinates(trials: Any, metric: str, path: str, mode: str = "max") -> str:
+    """One polyline per trial across its config values and the metric.
+
+    Numeric parameters are normalised to their range (``log10`` when they span more than two
+    decades), categorical ones placed by code; lines are coloured by the metric (brighter is
+    better for ``mode``) with a colorbar; trials without the metric are grey dashes.
+    """
+    ts = _trials(trials)
+    fig = Figure(figsize=(max(8.0, 1.6 * (len({k for t in ts for k in t.config}) + 2)), 5.5),
+                 dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    if not ts:
+        _empty(ax, "no trials")
+    else:
+        _draw_parallel(fig, ax, ts, metric, mode)
+    ax.set_title(f"Configurations against {metric} ({len(ts)} trials)")
+    return _save(fig, path)
+
+
+def all_plots(trials: Any, metric: str, mode: str, events: Iterable[Mapping[str, Any]] | None,
+              out_dir: str) -> list[str]:
+    """Write ``learning_curves.png``, ``rung_diagram.png`` and ``parallel_coordinates.png``
+    under ``out_dir`` (a local directory or fsspec URL); ``events`` are the journal's events
+    (only ``decision`` ones are used; may be empty). Returns the three paths."""
+    ts = _trials(trials)
+    decisions = [dict(e) for e in events or () if e.get("event", "decision") == "decision"]
+    base = os.fspath(out_dir).rstrip("/")
+    return [learning_curves(ts, metric, mode, decisions, f"{base}/learning_curves.png"),
+            rung_diagram(ts, f"{base}/rung_diagram.png"),
+            parallel_coordinates(ts, metric, f"{base}/parallel_coordinates.png", mode=mode)]
