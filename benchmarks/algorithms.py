@@ -164,7 +164,10 @@ def run_method(method: Method, seed: int, n: int, journal: str = "lean") -> dict
                            f"iterations_total={ctl.iterations_total}")
     finals = [r["accuracy"] for t in ctl.trials.values() if t.results
               for r in t.results[-1:] if int(r["training_iteration"]) >= MAX_T]
-    return {"method": method.name, "seed": seed, "best_final": max(finals, default=math.nan),
+    exploits = pbt_exploits(ctl.journal.read())
+    return {"method": method.name, "seed": seed, "exploits": len(exploits),
+            "exploits_ahead": sum(gap > 0 for gap in exploits), "uncounted": sum(exploits),
+            "best_final": max(finals, default=math.nan),
             "n_full": len(finals), "compute": ctl.iterations_total, "now": ctl.backend.now,
             "configs": len(ctl.trials), "trace": trace, "wall": wall,
             "all_terminal": all(t.is_terminal for t in ctl.trials.values())}
@@ -173,6 +176,16 @@ def run_method(method: Method, seed: int, n: int, journal: str = "lean") -> dict
 def _job(args: tuple[int, int, int, str]) -> dict[str, Any]:
     i, seed, n, journal = args
     return run_method(methods()[i], seed, n, journal)
+
+
+def pbt_exploits(events: list[dict[str, Any]]) -> list[int]:
+    """Per PBT exploit: the donor checkpoint's iteration minus the iteration the trial restarts
+    at (simulated checkpoints are ``sim://<trial>/<iteration>``); > 0 is training not counted."""
+    gaps = []
+    for e, nxt in zip(events, events[1:]):
+        if e["event"] == "exploit" and nxt["event"] == "segment_started":
+            gaps.append(int(str(e["checkpoint"]).rsplit("/", 1)[1]) - int(nxt["start_iteration"]))
+    return gaps
 
 
 def compute_to(trace: list[tuple[int, float, float]], threshold: float) -> int | None:
@@ -190,6 +203,8 @@ def summarize(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     rows = []
     for m in methods():
         mine = sorted((r for r in runs if r["method"] == m.name), key=lambda r: r["seed"])
+        if not mine:
+            continue
         scores = [r["best_final"] for r in mine if not math.isnan(r["best_final"])]
         hits = [compute_to(r["trace"], TARGET * base[r["seed"]]) for r in mine]
         reached = [h for h in hits if h is not None]
@@ -210,6 +225,9 @@ def summarize(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
             "median_to": med, "ratio": None if med is None else med / (n * MAX_T),
             "reached": len(reached), "seeds": len(mine),
             "wall": sum(r["wall"] for r in mine),
+            "exploits": statistics.fmean(r["exploits"] for r in mine),
+            "exploits_ahead": statistics.fmean(r["exploits_ahead"] for r in mine),
+            "uncounted": statistics.fmean(r["uncounted"] for r in mine),
             "all_terminal": all(r["all_terminal"] for r in mine)})
     return rows
 
@@ -269,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = pool.map(_job, jobs, chunksize=1)
     else:
         runs = [_job(j) for j in jobs]
-    rows = [r for r in summarize(runs, n) if any(x["method"] == r["method"] for x in runs)]
+    rows = summarize(runs, n)
     text = table(rows, n)
     print(f"CrossingCurves(max_t={MAX_T}), {WORKERS} workers, {a.seeds} seeds, budget "
           f"{n} x {MAX_T} = {n * MAX_T} iterations, {a.jobs} processes, journal={a.journal}, "
@@ -279,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"wall {r['method']}: {r['wall']:.1f} s over {r['seeds']} seeds; "
               f"every trial terminal: {r['all_terminal']}")
+    for r in rows:
+        if r["exploits"]:
+            print(f"{r['method']}: {r['exploits']:.1f} exploits per run, {r['exploits_ahead']:.1f} "
+                  f"from a donor checkpoint ahead of the restart iteration: "
+                  f"{r['uncounted']:.1f} iterations of training per run not counted as compute")
     if a.write_docs:
         write_docs(text)
         print(f"table written to {DOCS}")

@@ -21,20 +21,40 @@ import numpy as np
 
 from tuning import ASHA, get_checkpoint, loguniform, report, uniform
 
-__all__ = ["load_split", "main", "make_model", "train_digits"]
+__all__ = ["evaluate_holdout", "fit_final", "load_holdout", "load_split", "main", "make_model",
+           "train_digits"]
 
 SPLIT_SEED = 0
 
 
 @lru_cache(maxsize=1)
-def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The fixed (seeded, stratified 80/20) train/validation split, images scaled to [0, 1]."""
+def _load_all() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]  # (n, 1, 8, 8)
-    y = digits.target.astype(np.int64)
+    return x, digits.target.astype(np.int64)
+
+
+@lru_cache(maxsize=1)
+def _train_test() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed (seeded, stratified 80/20) split of all digits into the training part and the
+    held-out test part. Tuning never sees the test part; only :func:`evaluate_holdout` does."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = _load_all()
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=SPLIT_SEED,
+                                              stratify=y)
+    return x_tr, x_te, y_tr, y_te
+
+
+@lru_cache(maxsize=1)
+def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The tuning split: a fixed (seeded, stratified 80/20) train/validation split *inside the
+    training part* (the held-out test part stays out), images scaled to [0, 1]."""
+    from sklearn.model_selection import train_test_split
+
+    x, _, y, _ = _train_test()
     x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, random_state=SPLIT_SEED,
                                               stratify=y)
     return x_tr, x_va, y_tr, y_va
@@ -104,6 +124,43 @@ def train_digits(config: dict[str, Any]) -> None:
         report(mean_accuracy=acc, loss=loss,
                checkpoint={"model": model.state_dict(), "optimizer": opt.state_dict(),
                            "epoch": epoch})
+
+
+def load_holdout() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out test part (20% of all digits, stratified, seeded): never seen in tuning."""
+    _, x_te, _, y_te = _train_test()
+    return x_te, y_te
+
+
+def fit_final(config: dict[str, Any]) -> Any:
+    """Retrain a config on the whole training part (the tuning train and validation splits
+    together) and return the fitted ConvNet.
+
+    Config keys: those of :func:`train_digits`, plus ``final_epochs`` (default: ``epochs``,
+    else 20) for the number of epochs here; ``final_epochs: 0`` returns the untrained model.
+    """
+    import torch
+
+    torch.manual_seed(int(config.get("seed", 0)))
+    x_np, _, y_np, _ = _train_test()
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=float(config["lr"]),
+                          momentum=float(config["momentum"]))
+    epochs = int(config.get("final_epochs", config.get("epochs", 20)))
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(int(config.get("seed", 0)) * 1000 + epoch)
+        _train_epoch(model, opt, x, y, int(config.get("batch_size", 64)), gen)
+    return model.eval()
+
+
+def evaluate_holdout(model: Any) -> float:
+    """Accuracy of a fitted ConvNet on the held-out test part (higher is better)."""
+    import torch
+
+    x, y = (torch.from_numpy(a) for a in load_holdout())
+    acc, _ = _evaluate(model, x, y)
+    return float(acc)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -362,7 +362,8 @@ def _draw_parallel(fig: Figure, ax: Axes, trials: Sequence[Trial], metric: str, 
         ax.axvline(x, color="#444444", linewidth=0.8)
         for y, label in tk[:12]:
             ax.text(x + 0.02, y, label[:16], fontsize=7, va="center", ha="left",
-                    color="#222222", clip_on=False)
+                    color="#222222", clip_on=False,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
     ax.set_xticks(xs, [c[0] for c in cols], rotation=20, ha="right")
     ax.set_xlim(-0.1, max(len(cols) - 1, 1) + 0.4)
     ax.set_ylim(-0.05, 1.05)

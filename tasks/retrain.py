@@ -1,0 +1,96 @@
+"""Prefect tasks of the retrain flow: thin wrappers over ``tuning.retrain`` (decisions) and
+``tuning.tracking.registry`` (MLflow)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from tuning.results import load_result
+from tuning.retrain import (ChampionDecision, decide_champion, final_config, resolve_callable,
+                            warm_start_spec)
+from tuning.spec import ExperimentSpec
+from tuning.tracking import registry
+from tuning.tracking.registry import Champion, PreviousRun
+
+__all__ = ["find_previous_run", "warm_start", "best_config", "fit_final_model", "score_holdout",
+           "load_champion_model", "decide", "register_model", "record_champion_decision",
+           "retrain_report"]
+
+_TASK = {"cache_policy": NONE, "persist_result": False}
+
+
+@task(name="find-previous-run", **_TASK)
+def find_previous_run(spec: ExperimentSpec, top_k: int) -> PreviousRun:
+    """The latest finished tuning run of this experiment in MLflow, and its top-k configs."""
+    return registry.previous_best_configs(spec.effective_tracking_uri(), spec.name, spec.metric,
+                                          spec.mode, top_k)
+
+
+@task(name="warm-start", **_TASK)
+def warm_start(spec: ExperimentSpec, previous: PreviousRun, run_name: str
+               ) -> tuple[ExperimentSpec, list[dict[str, Any]]]:
+    """The spec of this retrain's tuning run: its own run name, the previous best tried first."""
+    named = spec.model_copy(update={"run_name": spec.run_name or run_name})
+    return warm_start_spec(named, previous.configs)
+
+
+@task(name="best-config", **_TASK)
+def best_config(experiment_dir: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The tuning run's best config (from its journal), with the retrain's overrides on top."""
+    return final_config(load_result(experiment_dir).best_config, overrides)
+
+
+@task(name="fit-final", **_TASK)
+def fit_final_model(fit: str, config: Mapping[str, Any]) -> Any:
+    """Fit the config on the whole training data with the user's ``fit`` function."""
+    return resolve_callable(fit, "fit")(dict(config))
+
+
+@task(name="score-holdout", **_TASK)
+def score_holdout(evaluate: str, model: Any) -> float:
+    """Score a model on the held-out data with the user's ``evaluate`` function."""
+    return float(resolve_callable(evaluate, "evaluate")(model))
+
+
+@task(name="load-champion", **_TASK)
+def load_champion_model(tracking_uri: str, model_name: str) -> Champion | None:
+    """The registered version holding the ``champion`` alias, loaded; None when none does."""
+    return registry.load_champion(tracking_uri, model_name)
+
+
+@task(name="decide-champion", **_TASK)
+def decide(new_score: float, champion_score: float | None, mode: str, min_improvement: float,
+           champion_version: str | None) -> ChampionDecision:
+    """The champion rule on the two scores (same held-out data)."""
+    return decide_champion(new_score, champion_score, mode, min_improvement, champion_version)
+
+
+@task(name="register-model", **_TASK)
+def register_model(spec: ExperimentSpec, run_name: str, model: Any, model_name: str,
+                   config: Mapping[str, Any], score: float, tags: Mapping[str, str]
+                   ) -> dict[str, str]:
+    """Log the model in a retrain run and register it as a new version."""
+    return registry.log_and_register(spec.effective_tracking_uri(), spec.name, run_name, model,
+                                     model_name, config, score, tags)
+
+
+@task(name="record-decision", **_TASK)
+def record_champion_decision(tracking_uri: str, model_name: str, registered: Mapping[str, str],
+                             decision: ChampionDecision) -> str | None:
+    """Tags on the new version and the retrain run; the alias moved when promoted."""
+    return registry.record_decision(tracking_uri, model_name, registered["version"],
+                                    registered["run_id"], decision.promote, decision.tags())
+
+
+@task(name="retrain-report", **_TASK)
+def retrain_report(model_name: str, summary: Mapping[str, Any]) -> str:
+    """A markdown artifact: what was tuned, warm-started from, registered, and the decision."""
+    key = "".join(c if c.isalnum() else "-" for c in model_name.lower())[:90] + "-retrain"
+    lines = [f"# Retrain of `{model_name}`", ""]
+    lines += [f"- **{k}**: {v}" for k, v in summary.items()]
+    return str(create_markdown_artifact(key=key, markdown="\n".join(lines),
+                                        description=f"Retrain decision for {model_name}"))

@@ -1,0 +1,190 @@
+"""Retraining decisions as pure functions: warm start, the final config, the champion rule.
+
+The retrain flow (``flows/retrain.py``) tunes again warm-started from the previous run's best
+configs, fits the best config on the whole training split, scores it on held-out data and moves
+the registry's ``champion`` alias only when the new model beats the champion on that same data.
+Everything that decides something lives here, without Prefect or MLflow, so a unit test calls it
+with plain values.
+
+Example:
+    >>> d = decide_champion(0.97, 0.95, mode="max", champion_version="1")
+    >>> d.promote, d.reason.split(" on ")[0]
+    (True, 'promoted: new holdout score 0.97 beats the champion (version 1) 0.95')
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from tuning.space import Domain
+from tuning.spec import ExperimentSpec, SpecError, _import_file
+
+__all__ = ["ChampionDecision", "decide_champion", "warm_start_spec", "final_config",
+           "resolve_callable", "check_retrain_options", "WARM_START_SEARCHERS"]
+
+WARM_START_SEARCHERS = ("random", "optuna")
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """Whether the new model takes the ``champion`` alias, and why (both scores in words)."""
+
+    promote: bool
+    reason: str
+    new_score: float
+    champion_score: float | None
+    champion_version: str | None = None
+
+    def tags(self, prefix: str = "rungflow.champion") -> dict[str, str]:
+        """The decision as MLflow tags (on the new model version and the retrain run)."""
+        return {f"{prefix}.decision": "promoted" if self.promote else "kept",
+                f"{prefix}.reason": self.reason[:5000],
+                f"{prefix}.new_score": repr(self.new_score),
+                f"{prefix}.previous_score": "" if self.champion_score is None
+                else repr(self.champion_score),
+                f"{prefix}.previous_version": self.champion_version or ""}
+
+
+def decide_champion(new_score: float, champion_score: float | None, mode: str = "max",
+                    min_improvement: float = 0.0, champion_version: str | None = None,
+                    metric: str = "holdout score") -> ChampionDecision:
+    """The champion rule: promote when there is no champion, or when the new score beats the
+    champion's (scored on the same held-out data) by more than ``min_improvement``.
+
+    A non-finite new score never wins; a non-finite champion score always loses.
+
+    Example:
+        >>> decide_champion(0.90, None).promote
+        True
+        >>> decide_champion(0.90, 0.95).promote, decide_champion(0.96, 0.95).promote
+        (False, True)
+        >>> decide_champion(0.2, 0.3, mode="min").promote
+        True
+        >>> decide_champion(0.951, 0.95, min_improvement=0.01).promote
+        False
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    if min_improvement < 0:
+        raise ValueError(f"min_improvement must be >= 0, got {min_improvement!r}")
+    new = float(new_score)
+    v = f" (version {champion_version})" if champion_version else ""
+    if not math.isfinite(new):
+        return ChampionDecision(False, f"kept: the new {metric} is {new!r}, not a number that "
+                                       f"can beat the champion{v}", new, champion_score,
+                                champion_version)
+    if champion_score is None:
+        return ChampionDecision(True, f"promoted: no champion yet; new {metric} {new:.6g}",
+                                new, None, None)
+    old = float(champion_score)
+    if not math.isfinite(old):
+        return ChampionDecision(True, f"promoted: new {metric} {new:.6g}; the champion{v} "
+                                      f"scores {old!r} on the same held-out data", new, old,
+                                champion_version)
+    gain = new - old if mode == "max" else old - new
+    better = "higher" if mode == "max" else "lower"
+    if gain > min_improvement:
+        return ChampionDecision(True, f"promoted: new {metric} {new:.6g} beats the champion{v} "
+                                      f"{old:.6g} on the same held-out data ({better} is better, "
+                                      f"margin {gain:.6g} > {min_improvement:g})", new, old,
+                                champion_version)
+    return ChampionDecision(False, f"kept: new {metric} {new:.6g} does not beat the champion{v} "
+                                   f"{old:.6g} on the same held-out data ({better} is better, "
+                                   f"margin {gain:.6g} <= {min_improvement:g})", new, old,
+                            champion_version)
+
+
+def warm_start_spec(spec: ExperimentSpec, configs: Sequence[Mapping[str, Any]]
+                    ) -> tuple[ExperimentSpec, list[dict[str, Any]]]:
+    """``spec`` with ``configs`` (the previous run's best, best first) tried first.
+
+    Each config keeps only the parameters the space still searches (constants and dropped
+    parameters go); duplicates go; points the spec already lists come after them; at most
+    ``num_samples`` points in all. Searchers that cannot take points (grid) get none.
+
+    Returns:
+        The new spec and the points it will try first.
+
+    Example:
+        >>> from tuning.spec import validate_spec
+        >>> s = validate_spec({"trainable": "m:f", "metric": "acc", "num_samples": 2,
+        ...                    "space": {"lr": {"type": "uniform", "low": 0, "high": 1}, "e": 3}})
+        >>> new, pts = warm_start_spec(s, [{"lr": 0.5, "e": 9, "old": 1}, {"lr": 0.5}])
+        >>> pts, new.searcher["points_to_evaluate"]
+        ([{'lr': 0.5}], [{'lr': 0.5}])
+    """
+    searcher = dict(spec.searcher)
+    if searcher.get("type") not in WARM_START_SEARCHERS or not configs:
+        return spec, []
+    tunable = [k for k, v in spec.build_space().items() if isinstance(v, Domain)]
+    existing = [dict(p) for p in searcher.get("points_to_evaluate") or []]
+    points: list[dict[str, Any]] = []
+    for cfg in [*configs, *existing]:
+        p = {k: cfg[k] for k in tunable if k in cfg}
+        if p and p not in points:
+            points.append(p)
+    points = points[: spec.num_samples]
+    if not points:
+        return spec, []
+    searcher["points_to_evaluate"] = points
+    from tuning.spec import validate_spec
+
+    new = validate_spec({**spec.model_dump(mode="python"), "searcher": searcher})
+    return new, points
+
+
+def final_config(best_config: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None
+                 ) -> dict[str, Any]:
+    """The config the final model is fitted with: the tuning run's best, then ``overrides``."""
+    if best_config is None:
+        raise ValueError("the tuning run has no best trial (no trial reported the metric): "
+                         "nothing to retrain")
+    return {**dict(best_config), **dict(overrides or {})}
+
+
+def resolve_callable(path: str, field: str) -> Callable[..., Any]:
+    """Import ``package.module:function`` (or ``file.py:function``); a SpecError naming the
+    retrain parameter ``field`` when it does not resolve."""
+    if not isinstance(path, str) or ":" not in path or path.startswith(":") or \
+            path.endswith(":"):
+        raise SpecError(f"{field}: must be an import path 'package.module:function', got "
+                        f"{path!r}")
+    module_part, _, attr = path.rpartition(":")
+    try:
+        module = _import_file(module_part) if module_part.endswith(".py") else \
+            importlib.import_module(module_part)
+    except Exception as exc:  # noqa: BLE001 - any import failure reads the same
+        raise SpecError(f"{field}: cannot import module {module_part!r} for {path!r} "
+                        f"({type(exc).__name__}: {exc})") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SpecError(f"{field}: module {module_part!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SpecError(f"{field}: {path!r} is not callable")
+    return obj
+
+
+def check_retrain_options(model_name: str, fit: str, evaluate: str, warm_start_top_k: int,
+                          holdout_mode: str | None, min_improvement: float) -> None:
+    """Validate the retrain flow's own parameters; SpecError naming the parameter."""
+    import re
+
+    if not isinstance(model_name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                                                       model_name):
+        raise SpecError(f"model_name must be letters, digits, '.', '_' or '-' (a registered "
+                        f"model name), got {model_name!r}")
+    if isinstance(warm_start_top_k, bool) or not isinstance(warm_start_top_k, int) or \
+            warm_start_top_k < 0:
+        raise SpecError(f"warm_start_top_k must be an integer >= 0, got {warm_start_top_k!r}")
+    if holdout_mode not in (None, "min", "max"):
+        raise SpecError(f"holdout_mode must be 'min', 'max' or null (the spec's mode), got "
+                        f"{holdout_mode!r}")
+    if not isinstance(min_improvement, (int, float)) or min_improvement < 0:
+        raise SpecError(f"min_improvement must be a number >= 0, got {min_improvement!r}")
+    resolve_callable(fit, "fit")
+    resolve_callable(evaluate, "evaluate")
