@@ -45,13 +45,13 @@ from typing import Any
 os.environ.setdefault("DO_NOT_TRACK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuning.backends.simulated import CrossingCurves, SimulatedBackend  # noqa: E402
-from tuning.controller import Budget, Controller  # noqa: E402
-from tuning.experiment import Journal  # noqa: E402
-from tuning.schedulers import ASHA, BOHB, FIFO, PBT, HyperBand, MedianStopping  # noqa: E402
-from tuning.schedulers._base import Scheduler  # noqa: E402
-from tuning.searchers import OptunaSearch, RandomSearch, Searcher  # noqa: E402
-from tuning.space import Space, loguniform, uniform  # noqa: E402
+from tuning.backends.simulated import CrossingCurves, SimulatedBackend
+from tuning.controller import Budget, Controller
+from tuning.experiment import Journal
+from tuning.schedulers import ASHA, BOHB, FIFO, PBT, HyperBand, MedianStopping
+from tuning.schedulers._base import Scheduler
+from tuning.searchers import OptunaSearch, RandomSearch, Searcher
+from tuning.space import Space, loguniform, uniform
 
 MAX_T = 81
 WORKERS = 4
@@ -182,7 +182,7 @@ def pbt_exploits(events: list[dict[str, Any]]) -> list[int]:
     """Per PBT exploit: the donor checkpoint's iteration minus the iteration the trial restarts
     at (simulated checkpoints are ``sim://<trial>/<iteration>``); > 0 is training not counted."""
     gaps = []
-    for e, nxt in zip(events, events[1:]):
+    for e, nxt in itertools.pairwise(events):
         if e["event"] == "exploit" and nxt["event"] == "segment_started":
             gaps.append(int(str(e["checkpoint"]).rsplit("/", 1)[1]) - int(nxt["start_iteration"]))
     return gaps
@@ -258,7 +258,7 @@ def write_docs(text: str) -> None:
     if START not in doc or END not in doc:
         raise SystemExit(f"{DOCS}: markers {START} / {END} not found")
     new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}",
-                 doc, flags=re.S)
+                 doc, flags=re.DOTALL)
     DOCS.write_text(new)
 
 

@@ -136,7 +136,7 @@ def test_pbt_exploits_continue_from_the_donors_checkpoint():
                    "own iteration, so training between the two is never counted")
 def test_pbt_exploit_checkpoint_is_at_the_iteration_the_trial_restarts_from():
     evs = _pbt().journal.read()
-    for e, nxt in zip(evs, evs[1:]):
+    for e, nxt in itertools.pairwise(evs):
         if e["event"] == "exploit":
             assert int(e["checkpoint"].rsplit("/", 1)[1]) == nxt["start_iteration"], (e, nxt)
 

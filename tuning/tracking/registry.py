@@ -85,7 +85,10 @@ def _log_model(model: Any, name: str, registered_model_name: str) -> Any:
     if torch is not None and isinstance(model, torch.nn.Module):
         import mlflow.pytorch
 
-        return mlflow.pytorch.log_model(model, name=name,
+        # "pickle": the registered model loads back as the same nn.Module, so the champion is
+        # scored by the same evaluate function (pt2 would need an input example and loads as
+        # an exported program)
+        return mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
                                         registered_model_name=registered_model_name)
     if hasattr(model, "fit") and hasattr(model, "predict"):
         import mlflow.sklearn
