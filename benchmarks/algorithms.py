@@ -135,10 +135,11 @@ def run_method(method: Method, seed: int, n: int, journal: str = "lean") -> dict
     scheduler, searcher, num_samples = method.make(n)
     name = f"bench-{os.getpid()}-{next(_names)}"
     url = f"memory://{name}"
+    backend = SimulatedBackend(n_workers=WORKERS)
     ctl = Controller(
         name=name, trainable=CrossingCurves(max_t=MAX_T), space=Space(space()),
         metric="accuracy", mode="max", scheduler=scheduler, searcher=searcher,
-        backend=SimulatedBackend(n_workers=WORKERS),
+        backend=backend,
         journal=LeanJournal(url) if journal == "lean" else Journal(url), storage=url,
         budget=Budget(num_samples=num_samples,
                       total_iterations=n * MAX_T if method.capped else None),
@@ -154,7 +155,7 @@ def run_method(method: Method, seed: int, n: int, journal: str = "lean") -> dict
             acc = e["result"].get("accuracy")
             if isinstance(acc, float) and not math.isnan(acc) and (
                     not trace or acc > trace[-1][2]):
-                trace.append((count[0], ctl.backend.now, acc))
+                trace.append((count[0], backend.now, acc))
 
     t0 = time.perf_counter()
     ctl.run(on_events=on_events)
@@ -168,7 +169,7 @@ def run_method(method: Method, seed: int, n: int, journal: str = "lean") -> dict
     return {"method": method.name, "seed": seed, "exploits": len(exploits),
             "exploits_ahead": sum(gap > 0 for gap in exploits), "uncounted": sum(exploits),
             "best_final": max(finals, default=math.nan),
-            "n_full": len(finals), "compute": ctl.iterations_total, "now": ctl.backend.now,
+            "n_full": len(finals), "compute": ctl.iterations_total, "now": backend.now,
             "configs": len(ctl.trials), "trace": trace, "wall": wall,
             "all_terminal": all(t.is_terminal for t in ctl.trials.values())}
 

@@ -59,7 +59,7 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
             record(tracker, ctl, evaluate_rungs(ctl, messages))
     finally:
         teardown_cluster(ctl)
-    summary = summarize(ctl, tracker)
+    summary = summarize(ctl, tracker, s.tensorboard)
     ctl.raise_if_aborted()
     return {**summary, "run_name": s.run_name, "experiment_dir": s.experiment_dir(), "tracking_uri":
             s.effective_tracking_uri(), "parent_run_id": tracker.parent_run_id if tracker else None}

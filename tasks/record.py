@@ -8,6 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
+from tuning import live
 from tuning.controller import Controller
 from tuning.results import leaderboard_rows
 from tuning.tracking.mlflow import MlflowTracker
@@ -47,12 +48,25 @@ def record(tracker: MlflowTracker, ctl: Controller, events: list[dict[str, Any]]
         for ev in events:
             if ev["event"] == "finished":
                 tracker.finish(ctl.trials, ev)
+    live.notify(ctl, force=ctl.done)
     return len(events)
 
 
 @task(name="summarize", cache_policy=NONE, persist_result=False)
-def summarize(ctl: Controller, tracker: MlflowTracker | None) -> dict[str, Any]:
-    """The final leaderboard as a Prefect table artifact, a markdown summary, the best trial."""
+def summarize(ctl: Controller, tracker: MlflowTracker | None,
+              tensorboard: bool = False) -> dict[str, Any]:
+    """The final leaderboard as a Prefect table artifact, a markdown summary, the plots (files
+    and artifacts of the MLflow parent run), optional TensorBoard event files."""
+    from tuning.plots import all_plots
+
+    plots = all_plots(ctl.trials, ctl.metric, ctl.mode, ctl.journal.read(), f"{ctl.storage}/plots")
+    if tracker is not None:
+        tracker.flush()
+        tracker.log_files(plots, "plots")
+    if tensorboard:
+        from tuning.tensorboard import write_tensorboard
+
+        write_tensorboard(ctl.trials, f"{ctl.storage}/tensorboard", metric=ctl.metric)
     rows = leaderboard_rows(ctl.trials.values(), ctl.metric, ctl.mode)
     key = "".join(c if c.isalnum() else "-" for c in ctl.name.lower())[:100]
     create_table_artifact(key=f"{key}-leaderboard", table=rows[:200],
@@ -67,6 +81,7 @@ def summarize(ctl: Controller, tracker: MlflowTracker | None) -> dict[str, Any]:
                      f"run `{tracker.parent_run_id}`")
         if best is not None and best.trial_id in tracker.runs:
             lines.append(f"- best run: `{tracker.runs[best.trial_id]}`")
+    lines.append(f"- plots: {', '.join(plots)}")
     create_markdown_artifact(key=f"{key}-summary", markdown="\n".join(lines))
     return {"best_trial": best.trial_id if best else None, "trials": len(ctl.trials)}
 

@@ -131,9 +131,6 @@ def test_pbt_exploits_continue_from_the_donors_checkpoint():
     assert all(t.status == Status.TERMINATED and t.iteration == 27 for t in ctl.trials.values())
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: an exploit takes the donor's latest checkpoint "
-                   "(possibly past its scored perturbation point) but restarts the trial at its "
-                   "own iteration, so training between the two is never counted")
 def test_pbt_exploit_checkpoint_is_at_the_iteration_the_trial_restarts_from():
     evs = _pbt().journal.read()
     for e, nxt in itertools.pairwise(evs):

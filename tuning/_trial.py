@@ -65,6 +65,13 @@ class Trial:
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def checkpoint_at(self, iteration: int) -> tuple[str | None, int]:
+        """The latest checkpoint taken at or before ``iteration``, and its iteration."""
+        for r in reversed(self.results):
+            if r.get("checkpoint") and int(r["training_iteration"]) <= iteration:
+                return r["checkpoint"], int(r["training_iteration"])
+        return None, 0
+
     def metric_values(self, metric: str) -> list[float]:
         return [r[metric] for r in self.results if metric in r]
 

@@ -105,13 +105,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _with_view(fn: Any, spec: Any, quiet: bool) -> Any:
-    if quiet or not sys.stdout.isatty():
-        return fn()
-    try:
-        from tuning.live import live_view
-    except ImportError:
-        return fn()
-    with live_view(spec):
+    """A live terminal view while the run goes (not with --quiet or when not a terminal)."""
+    from tuning.live import live_view
+
+    with live_view(spec, quiet=quiet):
         return fn()
 
 

@@ -152,6 +152,10 @@ class Controller:
         return (not self.searcher_finished and self.stopping is None
                 and self.trial_count < self._max_trials())
 
+    def max_trials(self) -> int:
+        """How many trials the experiment may start: num_samples times the grid's size."""
+        return self._max_trials()
+
     def _max_trials(self) -> int:
         n_grid = len(self.space.grid_points())
         return self.budget.num_samples * max(n_grid, 1)
@@ -236,9 +240,13 @@ class Controller:
         if sugg.checkpoint_from is not None:  # PBT exploit: another trial's weights
             source = self.trials[sugg.checkpoint_from]
             config = dict(sugg.config or trial.config)
+            # the donor's state at the same point in training (its checkpoint at this trial's
+            # iteration), not wherever the donor has got to since
+            ckpt, _ = source.checkpoint_at(trial.iteration)
+            ckpt = ckpt or source.checkpoint
             self._emit("exploit", trial_id=trial.trial_id, source=source.trial_id,
-                       checkpoint=source.checkpoint, old_config=trial.config, new_config=config)
-            return self._start_segment(trial, config, source.checkpoint, trial.iteration)
+                       checkpoint=ckpt, old_config=trial.config, new_config=config)
+            return self._start_segment(trial, config, ckpt, trial.iteration)
         config = dict(sugg.config) if sugg.config is not None else trial.config
         return self._start_segment(trial, config, trial.checkpoint, trial.checkpoint_iteration)
 

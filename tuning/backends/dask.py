@@ -41,8 +41,9 @@ def import_object(path: str) -> Any:
 _STOP_FLAGS: set[tuple[str, str]] = set()
 
 
-def _flag_stop(topic: str, trial_id: str) -> None:
-    """Runs on the worker (``Client.run``): the trial stops at its next ``report()``."""
+async def _flag_stop(topic: str, trial_id: str) -> None:
+    """Runs on the worker's event loop (``Client.run``; a coroutine, so the driver need not wait
+    for it): the trial stops at its next ``report()``."""
     _STOP_FLAGS.add((topic, trial_id))
 
 
@@ -250,7 +251,8 @@ class DaskBackend(Backend):
             self.client.run(_flag_stop, self.topic, trial_id, workers=[self._workers[trial_id]],
                             wait=False)
         except Exception as exc:  # noqa: BLE001 - the worker may be gone; a restart re-sends
-            log.debug("stop of %s not delivered: %s", trial_id, exc)
+            log.warning("stop of %s not delivered to %s: %s", trial_id,
+                        self._workers.get(trial_id), exc)
 
     def kill(self, trial_id: str) -> None:
         """End a trial that does not report (hung): forget its task, restart its worker."""

@@ -183,7 +183,6 @@ class SimulatedBackend(Backend):
         run.state, metrics, _ = trainable.step(run.state, seg.config, run.iteration + 1)
         run.iteration += 1
         url = f"sim://{trial_id}/{run.iteration}"
-        self._checkpoints.pop(f"sim://{trial_id}/{run.iteration - 1}", None)  # keep the latest
         self._checkpoints[url] = dict(run.state)
         result = {**metrics, ITERATION: run.iteration, "time_total_s": self.now - run.started_at
                   + seg.time_offset_s, "checkpoint": url}

@@ -299,6 +299,14 @@ class MlflowTracker:
             self._log_batch(run_id, tags=[RunTag("rungflow.checkpoint_missing", url)])
         self._log_batch(run_id, tags=[RunTag("rungflow.checkpoint", url)])
 
+    def log_files(self, paths: list[str], artifact_path: str) -> None:
+        """Attach local files (plots) to the parent run."""
+        assert self.parent_run_id is not None
+        for p in paths:
+            if "://" not in p or p.startswith("file://"):
+                self.client.log_artifact(self.parent_run_id, p.removeprefix("file://"),
+                                         artifact_path=artifact_path)
+
     def _log_text(self, trial_id: str, name: str, text: str) -> None:
         self.client.log_text(self.runs[trial_id], text, name)
 

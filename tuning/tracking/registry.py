@@ -89,14 +89,31 @@ def _log_model(model: Any, name: str, registered_model_name: str) -> Any:
         # scored by the same evaluate function (pt2 would need an input example and loads as
         # an exported program)
         return mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                        registered_model_name=registered_model_name)
+                                        registered_model_name=registered_model_name,
+                                        pip_requirements=_requirements("torch", "cloudpickle"))
     if hasattr(model, "fit") and hasattr(model, "predict"):
         import mlflow.sklearn
 
         return mlflow.sklearn.log_model(model, name=name,
-                                        registered_model_name=registered_model_name)
+                                        registered_model_name=registered_model_name,
+                                        pip_requirements=_requirements("scikit-learn",
+                                                                       "cloudpickle"))
     raise TypeError(f"fit returned a {type(model).__name__}: the retrain flow registers PyTorch "
                     "modules and scikit-learn style estimators (fit/predict)")
+
+
+def _requirements(*dists: str) -> list[str]:
+    """Pinned requirements of what is installed here (MLflow's own inference imports the model
+    in a subprocess: seconds per model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for d in dists:
+        try:
+            out.append(f"{d}=={version(d).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(d)
+    return out
 
 
 def log_and_register(tracking_uri: str, experiment: str, run_name: str, model: Any,
