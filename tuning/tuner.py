@@ -146,7 +146,15 @@ def _default_name(path: str) -> str:
 
 
 def _quiet_defaults() -> None:
+    """Keep the terminal for results: Prefect and Dask log warnings and errors only unless the
+    user's environment says otherwise (PREFECT_LOGGING_LEVEL, DASK_LOGGING__DISTRIBUTED)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")  # the ephemeral API's noise
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    import dask
+
+    dask.config.set({"logging.distributed": os.environ["DASK_LOGGING__DISTRIBUTED"]})
     for name in ("prefect.task_runs", "prefect.flow_runs", "distributed", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

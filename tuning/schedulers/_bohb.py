@@ -3,16 +3,22 @@
 New trials get a config from Optuna's TPE sampler fit on the observations (config, value) of
 the largest budget (milestone) that has at least ``min_points_in_model`` of them, or a random
 config from the search space (with probability ``random_fraction``, or when no budget has
-enough observations). The Optuna study is in memory and rebuilt from the observations for each
-proposal, its sampler seeded from ``self.rng``: proposals depend only on the observations and
-``self.rng``, so a restored state proposes exactly the same configs.
+enough observations). As in the paper (Falkner et al. 2018, section 4.1), with ``d`` sampled
+parameters and ``N_min = d + 1``, the good density is fit on the best
+``max(N_min, good_fraction * N_b)`` of a budget's ``N_b`` observations and the bad density on
+the rest, and a budget is used only once both can have ``N_min`` points: the default
+``min_points_in_model`` is ``2 * (d + 1)`` (see :func:`n_good`). The Optuna study is in memory
+and rebuilt from the observations for each proposal, its sampler seeded from ``self.rng``:
+proposals depend only on the observations and ``self.rng``, so a restored state proposes
+exactly the same configs.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from tuning._trial import ITERATION, Trial
@@ -21,7 +27,7 @@ from tuning.schedulers._common import check_int, check_number, to_plain
 from tuning.schedulers._hyperband import HyperBand
 from tuning.space import Space
 
-__all__ = ["BOHB", "model_budget"]
+__all__ = ["BOHB", "model_budget", "n_good", "tpe_propose"]
 
 Observation = tuple[float, dict[str, Any], float]
 
@@ -41,9 +47,23 @@ def model_budget(observations: list[Observation], min_points: int) -> float | No
     return max(ok) if ok else None
 
 
+def n_good(n: int, n_min: int, fraction: float = 0.15) -> int:
+    """How many of ``n`` observations the good density gets: ``max(n_min, ceil(fraction * n))``,
+    but never more than half of them (at least 1), so the bad density keeps as many.
+
+    Example:
+        >>> [n_good(n, 3) for n in (1, 4, 6, 20, 40, 81)]
+        [1, 2, 3, 3, 6, 13]
+    """
+    return min(max(n_min, math.ceil(fraction * n - 1e-9)), max(1, n // 2))
+
+
 def tpe_propose(observations: list[tuple[dict[str, Any], float]], distributions: dict[str, Any],
-                seed: int) -> dict[str, Any]:
-    """Parameters from Optuna's multivariate TPE fit on ``(params, value)`` (larger is better)."""
+                seed: int, gamma: Callable[[int], int] | None = None) -> dict[str, Any]:
+    """Parameters from Optuna's multivariate TPE fit on ``(params, value)`` (larger is better).
+
+    ``gamma(n)`` is the size of the good set for ``n`` observations (Optuna's default when None).
+    """
     import optuna
 
     verbosity = optuna.logging.get_verbosity()
@@ -51,7 +71,9 @@ def tpe_propose(observations: list[tuple[dict[str, Any], float]], distributions:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
+            warnings.simplefilter("ignore", FutureWarning)  # ``gamma`` is deprecated in 4.9+
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True,
+                                                 gamma=gamma)
             study = optuna.create_study(direction="maximize", sampler=sampler)
             for params, value in observations:
                 try:
@@ -74,9 +96,11 @@ class BOHB(HyperBand):
         max_t: The resource of the last rung of every bracket.
         grace_period: The smallest resource.
         reduction_factor: ``eta``.
-        min_points_in_model: Observations a budget needs to fit the model; the number of
-            sampled parameters + 1 when None.
+        min_points_in_model: Observations a budget needs to fit the model; when None,
+            ``2 * (d + 1)`` for ``d`` sampled parameters (``d + 1`` good and ``d + 1`` bad).
         random_fraction: The chance a new config is sampled at random anyway.
+        good_fraction: The paper's ``q``: the share of a budget's observations in the good
+            density (at least ``d + 1`` of them, at most half).
         time_attr: The resource attribute of results.
         metric: The metric; the experiment's when None.
         mode: ``"min"`` or ``"max"``; the experiment's when None.
@@ -91,17 +115,21 @@ class BOHB(HyperBand):
     """
 
     def __init__(self, max_t: float = 81, grace_period: float = 1, reduction_factor: int = 3,
-                 min_points_in_model: int | None = None, random_fraction: float = 1 / 3, *,
+                 min_points_in_model: int | None = None, random_fraction: float = 1 / 3,
+                 good_fraction: float = 0.15, *, max_rounds: int | None = None,
                  time_attr: str = ITERATION, metric: str | None = None, mode: str | None = None,
                  seed: int | None = None) -> None:
-        super().__init__(max_t, grace_period, reduction_factor, time_attr=time_attr,
-                         metric=metric, mode=mode, seed=seed)
+        super().__init__(max_t, grace_period, reduction_factor, max_rounds=max_rounds,
+                         time_attr=time_attr, metric=metric, mode=mode, seed=seed)
         self.min_points_in_model = None if min_points_in_model is None else check_int(
             "min_points_in_model", min_points_in_model, low=1)
         self.random_fraction = float(check_number("random_fraction", random_fraction, low=0,
                                                   strict=False))
         if self.random_fraction > 1:
             raise ValueError(f"random_fraction must be <= 1, got {random_fraction!r}")
+        self.good_fraction = float(check_number("good_fraction", good_fraction, low=0))
+        if self.good_fraction >= 1:
+            raise ValueError(f"good_fraction must be < 1, got {good_fraction!r}")
         self._space: Space | None = None
         self._observations: list[Observation] = []
 
@@ -110,7 +138,7 @@ class BOHB(HyperBand):
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "min_points_in_model": self.min_points_in_model,
-                "random_fraction": self.random_fraction}
+                "random_fraction": self.random_fraction, "good_fraction": self.good_fraction}
 
     def _record(self, trial: Trial, j: int, i: int, value: float) -> None:
         super()._record(trial, j, i, value)
@@ -128,12 +156,13 @@ class BOHB(HyperBand):
             return None
         dists = self._space.to_optuna()
         explore = bool(self.rng.random() < self.random_fraction)
-        min_points = self.min_points_in_model or len(dists) + 1
-        budget = model_budget(self._observations, min_points)
+        n_min = len(dists) + 1
+        budget = model_budget(self._observations, self.min_points_in_model or 2 * n_min)
         if explore or budget is None or not dists:
             return self._space.sample(self.rng)
         obs = [(p, v) for b, p, v in self._observations if b == budget]
-        params = tpe_propose(obs, dists, seed=int(self.rng.integers(2**31 - 1)))
+        gamma = partial(n_good, n_min=n_min, fraction=self.good_fraction)
+        params = tpe_propose(obs, dists, seed=int(self.rng.integers(2**31 - 1)), gamma=gamma)
         return self._space.sample(self.rng, fixed=params)
 
     def state_dict(self) -> dict[str, Any]:

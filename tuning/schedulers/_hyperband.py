@@ -1,5 +1,10 @@
 """Synchronous HyperBand (Li et al., JMLR 2018): brackets of successive halving.
 
+The brackets ``s_max .. 0`` form one *round* (one "HyperBand iteration" of the paper); like Ray
+Tune's ``HyperBandScheduler``, a new round starts once every bracket of the current one has all
+its trials, so the experiment's budget (``num_samples``, an iteration or time budget), not the
+bracket table, decides how much is run (``max_rounds`` caps it).
+
 With ``R = max_t / grace_period`` and ``eta = reduction_factor``: ``s_max = floor(log_eta R)``
 (integer loop, no float logarithm), ``B = (s_max + 1) R``; bracket ``s`` (from ``s_max`` down
 to 0) starts ``n = ceil(B/R * eta**s / (s+1))`` trials at resource ``r = max_t * eta**-s``, and
@@ -151,12 +156,16 @@ class HyperBand(Scheduler):
     resumed (:meth:`choose_trial_to_run` returns ``Resume``) and the rest are named by
     :meth:`trials_to_stop`. When the controller can start no more trials, the bracket being
     filled is closed with the trials it has (rung sizes ``floor(c/eta**i)``, at least 1) and
-    later brackets are dropped. :meth:`is_finished` is True once every bracket is done.
+    later brackets are dropped. When every bracket of a round has all its trials and trials can
+    still start, a new round of brackets (``s_max`` .. 0) begins, up to ``max_rounds`` rounds
+    (unlimited when None). :meth:`is_finished` is True once every bracket is done and no round
+    will start (the controller could start no more trials, or ``max_rounds`` were run).
 
     Args:
         max_t: The resource of the last rung of every bracket.
         grace_period: The smallest resource (the first rung of bracket ``s_max``).
         reduction_factor: ``eta``.
+        max_rounds: Rounds of brackets to run at most; None: until the budget ends them.
         time_attr: The resource attribute of results.
         metric: The metric; the experiment's when None.
         mode: ``"min"`` or ``"max"``; the experiment's when None.
@@ -172,9 +181,12 @@ class HyperBand(Scheduler):
     needs_checkpoints = True
 
     def __init__(self, max_t: float = 81, grace_period: float = 1, reduction_factor: int = 3, *,
-                 time_attr: str = ITERATION, metric: str | None = None, mode: str | None = None,
+                 max_rounds: int | None = None, time_attr: str = ITERATION,
+                 metric: str | None = None, mode: str | None = None,
                  seed: int | None = None) -> None:
         super().__init__(metric=metric, mode=mode, time_attr=time_attr, seed=seed)
+        self.max_rounds = None if max_rounds is None else check_int("max_rounds", max_rounds,
+                                                                    low=1)
         self.max_t = check_number("max_t", max_t, low=0)
         self.grace_period = check_number("grace_period", grace_period, low=0)
         self.reduction_factor = check_int("reduction_factor", reduction_factor, low=2)
@@ -189,10 +201,12 @@ class HyperBand(Scheduler):
         self._to_resume: list[str] = []
         self._to_stop: list[str] = []
         self._filling = 0
+        self._rounds = 1  # rounds of brackets begun; self._brackets holds them all, in order
+        self._no_more = False  # the controller can start no more trials: no round will begin
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "max_t": self.max_t, "grace_period": self.grace_period,
-                "reduction_factor": self.reduction_factor}
+                "reduction_factor": self.reduction_factor, "max_rounds": self.max_rounds}
 
     # -- hooks -----------------------------------------------------------------------------
     def on_trial_add(self, trial: Trial) -> None:
@@ -280,12 +294,24 @@ class HyperBand(Scheduler):
         resume = self._next_resume(trials)
         if resume is not None:
             return resume
-        if self._filling >= len(self._brackets):
-            return None
+        if self._filling >= len(self._brackets):  # every bracket begun has all its trials
+            if not can_start_new:
+                self._no_more = True
+            if self._no_more or not self._may_begin_round():
+                return None
+            self._begin_round()
         if can_start_new:
             return self._start_new(self._brackets[self._filling].plan.s)
         self._close_all_unfilled()
         return self._next_resume(trials)
+
+    def _may_begin_round(self) -> bool:
+        return self.max_rounds is None or self._rounds < self.max_rounds
+
+    def _begin_round(self) -> None:
+        """Append a new round of brackets, ``s_max`` first; the first one is filled next."""
+        self._brackets.extend(_Bracket(p, self.reduction_factor) for p in self.plan)
+        self._rounds += 1
 
     def _start_new(self, s: int) -> StartNew:
         return StartNew(info={"bracket": s})
@@ -311,6 +337,7 @@ class HyperBand(Scheduler):
             else:
                 self._brackets[j].closed = self._brackets[j].done = True
         self._filling = len(self._brackets)
+        self._no_more = True
 
     def trials_to_stop(self, trials: Mapping[str, Trial]) -> list[str]:
         out, keep = [], []
@@ -324,19 +351,27 @@ class HyperBand(Scheduler):
         return out
 
     def is_finished(self, trials: Mapping[str, Trial]) -> bool:
-        return all(b.done for b in self._brackets)
+        if not all(b.done for b in self._brackets):
+            return False
+        return self._no_more or not self._may_begin_round()
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "brackets": [b.to_dict() for b in self._brackets],
                 "trial_bracket": dict(self._trial_bracket), "trial_level": dict(self._trial_level),
                 "ended": sorted(self._ended), "to_resume": list(self._to_resume),
-                "to_stop": list(self._to_stop), "filling": self._filling}
+                "to_stop": list(self._to_stop), "filling": self._filling,
+                "rounds": self._rounds, "no_more": self._no_more}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        self._brackets = [_Bracket.from_dict(p, self.reduction_factor, d)
-                          for p, d in zip(self.plan, state["brackets"])]
+        self._rounds = int(state.get("rounds", 1))
+        self._no_more = bool(state.get("no_more", False))
+        if len(state["brackets"]) != self._rounds * len(self.plan):
+            raise ValueError(f"state: {len(state['brackets'])} brackets for {self._rounds} "
+                             f"round(s) of {len(self.plan)}; the settings differ from the run's")
+        self._brackets = [_Bracket.from_dict(self.plan[j % len(self.plan)], self.reduction_factor, d)
+                          for j, d in enumerate(state["brackets"])]
         self._trial_bracket = {k: int(v) for k, v in state["trial_bracket"].items()}
         self._trial_level = {k: int(v) for k, v in state["trial_level"].items()}
         self._ended = set(state["ended"])
