@@ -1,12 +1,16 @@
 """Search and scheduling algorithms compared at equal compute on the simulated backend.
 
-Every method tunes ``lr`` (log-uniform 1e-4..1e-1) and ``momentum`` (uniform 0..1) of
-:class:`~tuning.backends.simulated.CrossingCurves` (``max_t=81`` iterations, curves that cross:
-a high ``lr`` learns fast and ends low) on a :class:`SimulatedBackend` with 4 workers, for
-``--seeds`` seeds. The baseline is FIFO + random search with exactly ``--n`` trials; every other
-method gets the same total compute, ``Budget.total_iterations = n * 81``, and a sample count so
-large that the budget (or the method's own end: one HyperBand iteration, a PBT population)
-ends it. Per method it reports:
+Every method tunes ``lr`` (log-uniform 1e-4..1e-1) and ``momentum`` (uniform 0..1) of a
+synthetic curve family with ``max_t=81`` iterations (``--curves``): ``crossing``,
+:class:`~tuning.backends.simulated.CrossingCurves` (curves that cross: a high ``lr`` learns fast
+and ends low, so early rungs point at the wrong ``lr``), and ``realistic``,
+:class:`~tuning.backends.simulated.RealisticCurves` (curves that cross only in the first few
+iterations), on a :class:`SimulatedBackend` with 4 workers, for ``--seeds`` seeds. The baseline
+is FIFO + random search with exactly ``--n`` trials; every other method gets the same total
+compute, ``Budget.total_iterations = n * 81``, and a sample count so large that the budget (or
+the method's own end: a PBT population) ends it. For each family it first measures how well
+early results rank configs: the Spearman correlation, over random configs, of the accuracy at
+``t = 1, 3, 9, 27`` with the accuracy at ``t = 81``. Per method it reports:
 
 * the best *final* score: the best last-reported ``accuracy`` among trials that reached
   ``max_t`` (fully trained), mean and standard deviation over seeds;
@@ -21,9 +25,11 @@ Results go through the controller's real code; only the journal is lean by defau
 only; the decisions never read the journal). ``--journal memory`` uses the plain in-memory
 journal: the same numbers, about 4x slower (see docs/algorithms.md, "Where the time goes").
 
-    .venv/bin/python benchmarks/algorithms.py [--seeds 20] [--n 32] [--jobs 2] [--write-docs]
+    .venv/bin/python benchmarks/algorithms.py [--curves crossing,realistic] [--seeds 20] [--n 32]
+        [--jobs 2] [--write-docs]
 
-Prints, last, one ``ratio`` line per method (compute to within 1% / FIFO + random's compute).
+Prints, last, one ``ratio`` line per family and method (compute to within 1% / FIFO + random's
+compute).
 """
 
 from __future__ import annotations
@@ -45,7 +51,14 @@ from typing import Any
 os.environ.setdefault("DO_NOT_TRACK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuning.backends.simulated import CrossingCurves, SimulatedBackend
+import numpy as np
+
+from tuning.backends.simulated import (
+    CrossingCurves,
+    RealisticCurves,
+    SimulatedBackend,
+    SimulatedTrainable,
+)
 from tuning.controller import Budget, Controller
 from tuning.experiment import Journal
 from tuning.schedulers import ASHA, BOHB, FIFO, PBT, HyperBand, MedianStopping
@@ -58,7 +71,14 @@ WORKERS = 4
 TARGET = 0.99  # "within 1%" of FIFO + random's best final score
 BASELINE = "FIFO + random"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+CURVES: dict[str, type[SimulatedTrainable]] = {"crossing": CrossingCurves,
+                                               "realistic": RealisticCurves}
+RUNGS = (1, 3, 9, 27)
+
+
+def markers(curves: str) -> tuple[str, str]:
+    """The docs markers around one family's results."""
+    return f"<!-- results:{curves}:start -->", f"<!-- results:{curves}:end -->"
 
 
 def space() -> dict[str, Any]:
@@ -130,14 +150,32 @@ class LeanJournal(Journal):
 _names = itertools.count()
 
 
-def run_method(method: Method, seed: int, n: int, journal: str = "lean") -> dict[str, Any]:
+def rank_correlation(curves: str, n_configs: int = 2000, seed: int = 0) -> dict[int, float]:
+    """Spearman correlation, over ``n_configs`` random configs, of the accuracy at each rung
+    ``t`` in :data:`RUNGS` with the accuracy at ``t = 81`` (noise included)."""
+    trainable = CURVES[curves](max_t=MAX_T)
+    rng = np.random.default_rng(seed)
+    sp = Space(space())
+    acc = np.empty((n_configs, MAX_T))
+    for i in range(n_configs):
+        config = sp.sample(rng)
+        state = trainable.init(config)
+        for t in range(1, MAX_T + 1):
+            state, metrics, _ = trainable.step(state, config, t)
+            acc[i, t - 1] = metrics["accuracy"]
+    ranks = acc.argsort(axis=0).argsort(axis=0).astype(float)
+    return {t: float(np.corrcoef(ranks[:, t - 1], ranks[:, MAX_T - 1])[0, 1]) for t in RUNGS}
+
+
+def run_method(method: Method, seed: int, n: int, journal: str = "lean",
+               curves: str = "crossing") -> dict[str, Any]:
     """One method on one seed: its best final score, its compute and its improvement trace."""
     scheduler, searcher, num_samples = method.make(n)
     name = f"bench-{os.getpid()}-{next(_names)}"
     url = f"memory://{name}"
     backend = SimulatedBackend(n_workers=WORKERS)
     ctl = Controller(
-        name=name, trainable=CrossingCurves(max_t=MAX_T), space=Space(space()),
+        name=name, trainable=CURVES[curves](max_t=MAX_T), space=Space(space()),
         metric="accuracy", mode="max", scheduler=scheduler, searcher=searcher,
         backend=backend,
         journal=LeanJournal(url) if journal == "lean" else Journal(url), storage=url,
@@ -166,17 +204,19 @@ def run_method(method: Method, seed: int, n: int, journal: str = "lean") -> dict
     finals = [r["accuracy"] for t in ctl.trials.values() if t.results
               for r in t.results[-1:] if int(r["training_iteration"]) >= MAX_T]
     exploits = pbt_exploits(ctl.journal.read())
-    return {"method": method.name, "seed": seed, "exploits": len(exploits),
-            "exploits_ahead": sum(gap > 0 for gap in exploits), "uncounted": sum(exploits),
+    return {"method": method.name, "seed": seed, "curves": curves, "exploits": len(exploits),
+            "exploits_ahead": sum(gap > 0 for gap in exploits),
+            "exploits_behind": sum(gap < 0 for gap in exploits),
+            "uncounted": sum(gap for gap in exploits if gap > 0),
             "best_final": max(finals, default=math.nan),
             "n_full": len(finals), "compute": ctl.iterations_total, "now": backend.now,
             "configs": len(ctl.trials), "trace": trace, "wall": wall,
             "all_terminal": all(t.is_terminal for t in ctl.trials.values())}
 
 
-def _job(args: tuple[int, int, int, str]) -> dict[str, Any]:
-    i, seed, n, journal = args
-    return run_method(methods()[i], seed, n, journal)
+def _job(args: tuple[int, int, int, str, str]) -> dict[str, Any]:
+    i, seed, n, journal, curves = args
+    return run_method(methods()[i], seed, n, journal, curves)
 
 
 def pbt_exploits(events: list[dict[str, Any]]) -> list[int]:
@@ -228,6 +268,7 @@ def summarize(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
             "wall": sum(r["wall"] for r in mine),
             "exploits": statistics.fmean(r["exploits"] for r in mine),
             "exploits_ahead": statistics.fmean(r["exploits_ahead"] for r in mine),
+            "exploits_behind": statistics.fmean(r.get("exploits_behind", 0) for r in mine),
             "uncounted": statistics.fmean(r["uncounted"] for r in mine),
             "all_terminal": all(r["all_terminal"] for r in mine)})
     return rows
@@ -254,17 +295,25 @@ def table(rows: list[dict[str, Any]], n: int) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    doc = DOCS.read_text() if DOCS.exists() else f"# Algorithms\n\n{START}\n{END}\n"
-    if START not in doc or END not in doc:
-        raise SystemExit(f"{DOCS}: markers {START} / {END} not found")
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}",
+def correlation_line(rho: dict[int, float]) -> str:
+    return ("Spearman correlation with the accuracy at t = 81 over 2000 random configs: " +
+            ", ".join(f"t = {t}: {v:.2f}" for t, v in rho.items()))
+
+
+def write_docs(curves: str, text: str) -> None:
+    start, end = markers(curves)
+    doc = DOCS.read_text() if DOCS.exists() else "# Algorithms\n"
+    if start not in doc or end not in doc:
+        doc += f"\n{start}\n{end}\n"
+    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{text}\n{end}",
                  doc, flags=re.DOTALL)
     DOCS.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--curves", default=",".join(CURVES),
+                   help=f"comma-separated curve families: {', '.join(CURVES)} (default: both)")
     p.add_argument("--seeds", type=int, default=20, help="seeds per method (0..seeds-1)")
     p.add_argument("--n", type=int, default=32,
                    help="FIFO+random's trials; the budget of every method is n * 81 iterations")
@@ -274,43 +323,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--journal", choices=("lean", "memory"), default="lean")
     p.add_argument("--only", default=None, help="a substring: run only matching methods")
     p.add_argument("--write-docs", action="store_true",
-                   help=f"replace the table between the markers in {DOCS.name}")
+                   help=f"replace each family's table between its markers in {DOCS.name}")
     a = p.parse_args(argv)
     n = a.budget // MAX_T if a.budget else a.n
+    families = [c.strip() for c in a.curves.split(",") if c.strip()]
     if n < 1 or a.seeds < 1:
         raise SystemExit("--n (or --budget // 81) and --seeds must be >= 1")
+    if not families or any(c not in CURVES for c in families):
+        raise SystemExit(f"--curves: one or more of {', '.join(CURVES)}, got {a.curves!r}")
     picked = [i for i, m in enumerate(methods())
               if i == 0 or a.only is None or a.only.lower() in m.name.lower()]
-    jobs = [(i, s, n, a.journal) for i in picked for s in range(a.seeds)]
+    jobs = [(i, s, n, a.journal, c) for c in families for i in picked for s in range(a.seeds)]
     t0 = time.perf_counter()
     if a.jobs > 1:
         with get_context("fork").Pool(a.jobs) as pool:
             runs = pool.map(_job, jobs, chunksize=1)
     else:
         runs = [_job(j) for j in jobs]
-    rows = summarize(runs, n)
-    text = table(rows, n)
-    print(f"CrossingCurves(max_t={MAX_T}), {WORKERS} workers, {a.seeds} seeds, budget "
-          f"{n} x {MAX_T} = {n * MAX_T} iterations, {a.jobs} processes, journal={a.journal}, "
-          f"{time.perf_counter() - t0:.0f} s wall\n")
-    print(text)
-    print()
-    for r in rows:
-        print(f"wall {r['method']}: {r['wall']:.1f} s over {r['seeds']} seeds; "
-              f"every trial terminal: {r['all_terminal']}")
-    for r in rows:
-        if r["exploits"]:
-            print(f"{r['method']}: {r['exploits']:.1f} exploits per run, {r['exploits_ahead']:.1f} "
-                  f"from a donor checkpoint ahead of the restart iteration: "
-                  f"{r['uncounted']:.1f} iterations of training per run not counted as compute")
-    if a.write_docs:
-        write_docs(text)
-        print(f"table written to {DOCS}")
-    print()
-    for r in rows:
-        ratio = "not reached" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        print(f"ratio {r['method']}: {ratio} (compute to within 1% of {BASELINE}'s best / "
-              f"{BASELINE}'s compute; {r['reached']}/{r['seeds']} seeds reached)")
+    wall = time.perf_counter() - t0
+    all_rows = {}
+    for c in families:
+        rows = summarize([r for r in runs if r["curves"] == c], n)
+        all_rows[c] = rows
+        rho = rank_correlation(c)
+        text = table(rows, n)
+        print(f"{CURVES[c].__name__}(max_t={MAX_T}), {WORKERS} workers, {a.seeds} seeds, budget "
+              f"{n} x {MAX_T} = {n * MAX_T} iterations, {a.jobs} processes, "
+              f"journal={a.journal} ({wall:.0f} s wall for all families)")
+        print(correlation_line(rho) + "\n")
+        print(text)
+        print()
+        for r in rows:
+            print(f"wall {r['method']}: {r['wall']:.1f} s over {r['seeds']} seeds; "
+                  f"every trial terminal: {r['all_terminal']}")
+        for r in rows:
+            if r["exploits"]:
+                print(f"{r['method']}: {r['exploits']:.1f} exploits per run, "
+                      f"{r['exploits_ahead']:.1f} from a donor checkpoint ahead of the restart "
+                      f"iteration: {r['uncounted']:.1f} iterations of training per run not "
+                      f"counted as compute; {r['exploits_behind']:.1f} from a checkpoint behind it")
+        print()
+        if a.write_docs:
+            write_docs(c, f"{correlation_line(rho)}.\n\n{text}")
+            print(f"{c} table written to {DOCS}\n")
+    for c, rows in all_rows.items():
+        for r in rows:
+            ratio = "not reached" if r["ratio"] is None else f"{r['ratio']:.3f}"
+            print(f"ratio {c} {r['method']}: {ratio} (compute to within 1% of {BASELINE}'s best "
+                  f"/ {BASELINE}'s compute; {r['reached']}/{r['seeds']} seeds reached)")
     return 0
 
 

@@ -23,9 +23,18 @@ from typing import Any
 from prefect import flow
 
 from flows.tune import tune
-from tasks.retrain import (best_config, decide, find_previous_run, fit_final_model,
-                           load_champion_model, record_champion_decision, register_model,
-                           retrain_report, score_holdout, warm_start)
+from tasks.retrain import (
+    best_config,
+    decide,
+    find_previous_run,
+    fit_final_model,
+    load_champion_model,
+    record_champion_decision,
+    register_model,
+    retrain_report,
+    score_holdout,
+    warm_start,
+)
 from tuning.retrain import check_retrain_options
 from tuning.spec import validate_spec
 

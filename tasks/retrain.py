@@ -3,22 +3,37 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from tuning.results import load_result
-from tuning.retrain import (ChampionDecision, decide_champion, final_config, resolve_callable,
-                            warm_start_spec)
+from tuning.retrain import (
+    ChampionDecision,
+    decide_champion,
+    final_config,
+    resolve_callable,
+    warm_start_spec,
+)
 from tuning.spec import ExperimentSpec
 from tuning.tracking import registry
 from tuning.tracking.registry import Champion, PreviousRun
 
-__all__ = ["find_previous_run", "warm_start", "best_config", "fit_final_model", "score_holdout",
-           "load_champion_model", "decide", "register_model", "record_champion_decision",
-           "retrain_report"]
+__all__ = [
+    "best_config",
+    "decide",
+    "find_previous_run",
+    "fit_final_model",
+    "load_champion_model",
+    "record_champion_decision",
+    "register_model",
+    "retrain_report",
+    "score_holdout",
+    "warm_start",
+]
 
 _TASK = {"cache_policy": NONE, "persist_result": False}
 

@@ -7,11 +7,20 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuning.retrain import (check_retrain_options, decide_champion, final_config,
-                            resolve_callable, warm_start_spec)
+from tuning.retrain import (
+    check_retrain_options,
+    decide_champion,
+    final_config,
+    resolve_callable,
+    warm_start_spec,
+)
 from tuning.spec import SpecError, validate_spec
-from tuning.tracking.registry import (log_and_register, load_champion, previous_best_configs,
-                                      record_decision)
+from tuning.tracking.registry import (
+    load_champion,
+    log_and_register,
+    previous_best_configs,
+    record_decision,
+)
 
 SPEC = {"name": "exp", "trainable": "tests.trainables:curve", "metric": "score", "mode": "max",
         "num_samples": 3, "space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0},
@@ -170,7 +179,7 @@ def test_previous_best_configs_from_the_latest_finished_run(tmp_path):
     assert previous_best_configs(uri, "exp", "score", "max", top_k=0).configs == []
 
     # and warm-starting the spec from them
-    new, pts = warm_start_spec(validate_spec(SPEC), prev.configs)
+    _, pts = warm_start_spec(validate_spec(SPEC), prev.configs)
     assert pts == [{"x": 0.8, "act": "tanh"}, {"x": 0.6, "act": "relu"}]
 
 

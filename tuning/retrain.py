@@ -16,14 +16,22 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from tuning.space import Domain
 from tuning.spec import ExperimentSpec, SpecError, _import_file
 
-__all__ = ["ChampionDecision", "decide_champion", "warm_start_spec", "final_config",
-           "resolve_callable", "check_retrain_options", "WARM_START_SEARCHERS"]
+__all__ = [
+    "WARM_START_SEARCHERS",
+    "ChampionDecision",
+    "check_retrain_options",
+    "decide_champion",
+    "final_config",
+    "resolve_callable",
+    "warm_start_spec",
+]
 
 WARM_START_SEARCHERS = ("random", "optuna")
 

@@ -105,15 +105,18 @@ def test_worker_killed_mid_trial_every_trial_recorded_once(cluster, tmp_path):
             assert [r["training_iteration"] for r in t.results] == list(range(1, t.iteration + 1))
 
 
-def test_a_trial_waits_for_its_resources(cluster, tmp_path):
+def test_resources_no_worker_has_are_refused_up_front(cluster, tmp_path):
+    from tuning.backends import BackendError
+
     addr, _, _ = cluster
-    res = Tuner("tests.trainables:curve", space={"x": uniform(0, 1), "iters": 4, "sleep": 0.05},
+    tuner = Tuner("tests.trainables:curve", space={"x": uniform(0, 1), "iters": 4, "sleep": 0.05},
                 metric="score", mode="max", num_samples=6, backend={"type": "dask",
                                                                     "address": addr},
                 resources={"cpu": 2}, storage_path=str(tmp_path),
-                tracking_uri=f"sqlite:///{tmp_path}/m.db", seed=0, name="res").run()
-    # workers declare CPU=1 each: a trial that needs 2 CPUs can never be placed
-    assert all(str(t.status) == "ERROR" for t in res.trials) or False
+                tracking_uri=f"sqlite:///{tmp_path}/m.db", seed=0, name="res")
+    # workers declare CPU=1 each: a trial that needs 2 CPUs could never be placed
+    with pytest.raises(BackendError, match=r"resources.cpu=2: no worker .* declares"):
+        tuner.run()
 
 
 def test_resources_limit_concurrency(cluster, tmp_path):

@@ -172,3 +172,82 @@ def test_state_round_trip_mid_rung() -> None:
     assert fresh.state_dict() == hb.state_dict()
     _report(fresh, ts[8], 1, 0.9)
     assert fresh.choose_trial_to_run(trials, False) == Resume("t8")
+
+
+
+def test_a_new_round_starts_once_every_bracket_is_filled() -> None:
+    hb = HyperBand(max_t=3, reduction_factor=3, metric="acc", mode="max")  # s=1: 3@1, 1@3; s=0: 2@3
+    assert [(p.s, p.sizes) for p in hb.plan] == [(1, (3, 1)), (0, (2,))]
+    trials: dict[str, Trial] = {}
+    first = _start(hb, trials, 5)
+    assert [t.info["bracket"] for t in first] == [1, 1, 1, 0, 0]
+    # every bracket of round 1 has its trials, trials may still start: round 2 begins at s_max
+    again = _start(hb, trials, 4)
+    assert [t.info["bracket"] for t in again] == [1, 1, 1, 0]
+    assert hb.state_dict()["rounds"] == 2
+    assert not hb.is_finished(trials)
+    # the controller can start no more: round 2's bracket s=0 closes with its 1 trial
+    assert hb.choose_trial_to_run(trials, False) is None
+    for t in first[:3] + again[:3]:
+        assert _report(hb, t, 1, float(t.trial_id[1:])) == Decision.PAUSE
+    for t in (first[3], first[4], again[3]):
+        assert _report(hb, t, 3, 0.5) == Decision.STOP
+    resumed = [hb.choose_trial_to_run(trials, False) for _ in range(3)]
+    assert resumed == [Resume("t2"), Resume("t7"), None]  # the best of each s=1 bracket
+    assert sorted(_stop(hb, trials)) == ["t0", "t1", "t5", "t6"]
+    assert not hb.is_finished(trials)
+    for tid in ("t2", "t7"):
+        trials[tid].status = Status.RUNNING
+        assert _report(hb, trials[tid], 3, 0.9) == Decision.STOP
+    assert hb.is_finished(trials)
+    assert hb.choose_trial_to_run(trials, True) is None  # ended for good: no third round
+
+
+def test_all_brackets_done_is_not_finished_while_trials_can_start() -> None:
+    hb = HyperBand(max_t=3, reduction_factor=3, metric="acc", mode="max")
+    trials: dict[str, Trial] = {}
+    ts = _start(hb, trials, 5)
+    for t in ts[:3]:
+        _report(hb, t, 1, float(t.trial_id[1:]))
+    for t in ts[3:]:
+        _report(hb, t, 3, 0.1)
+    assert hb.choose_trial_to_run(trials, False) == Resume("t2")
+    _stop(hb, trials)
+    trials["t2"].status = Status.RUNNING
+    _report(hb, trials["t2"], 3, 0.9)
+    assert not hb.is_finished(trials)  # round 1 is done, but a new round may start
+    assert hb.choose_trial_to_run(trials, True) == StartNew(info={"bracket": 1})
+    hb2 = HyperBand(max_t=3, reduction_factor=3, metric="acc", mode="max")
+    hb2.load_state_dict(hb.state_dict())
+    assert hb2.state_dict() == hb.state_dict()
+
+
+def test_max_rounds_caps_the_rounds() -> None:
+    hb = HyperBand(max_t=3, reduction_factor=3, max_rounds=1, metric="acc", mode="max")
+    trials: dict[str, Trial] = {}
+    _start(hb, trials, 5)
+    assert hb.choose_trial_to_run(trials, True) is None
+    assert hb.settings()["max_rounds"] == 1
+    with pytest.raises(ValueError, match="max_rounds must be >= 1, got 0"):
+        HyperBand(max_rounds=0)
+
+
+def test_state_round_trip_in_the_second_round() -> None:
+    import json
+
+    hb = HyperBand(max_t=9, reduction_factor=3, metric="acc", mode="max", seed=0)
+    trials: dict[str, Trial] = {}
+    ts = _start(hb, trials, 17 + 9)  # round 1 (9 + 5 + 3) and round 2's bracket s=2
+    for i, t in enumerate(ts[17:25]):
+        _report(hb, t, 1, i / 10)
+    state = json.loads(json.dumps(hb.state_dict(), allow_nan=False))
+    assert state["rounds"] == 2 and len(state["brackets"]) == 6
+    fresh = HyperBand(max_t=9, reduction_factor=3, metric="acc", mode="max")
+    fresh.load_state_dict(state)
+    assert fresh.state_dict() == hb.state_dict()
+    _report(fresh, ts[25], 1, 0.9)
+    assert fresh.choose_trial_to_run(trials, False) == Resume("t25")
+    assert fresh.choose_trial_to_run(trials, False) == Resume("t24")
+    bad = dict(state, rounds=3)
+    with pytest.raises(ValueError, match="6 brackets for 3 round"):
+        HyperBand(max_t=9, reduction_factor=3).load_state_dict(bad)

@@ -130,7 +130,24 @@ class DaskBackend(Backend):
             raise BackendError(f"backend.address: cannot reach the Dask scheduler at {where!r} "
                                f"within {self.connect_timeout_s:g}s ({exc})") from None
         self.client.subscribe_topic(self.topic, self._on_event)
+        self._check_resources()
 
+    def _check_resources(self) -> None:
+        """A trial that needs more than any worker declares would wait forever: refuse it now.
+        (An adaptive cluster may have no worker yet; its workers are checked as they come.)"""
+        if not self.resources:
+            return
+        workers = self.client.scheduler_info().get("workers", {}).values()
+        if not workers:
+            return
+        for key, need in _dask_resources(self.resources).items():
+            have = max(w.get("resources", {}).get(key, 0.0) for w in workers)
+            if need > have:
+                self.close()
+                raise BackendError(
+                    f"resources.{key.lower()}={need:g}: no worker of this cluster declares that "
+                    f"much {key} (the most any worker has: {have:g}); start workers with "
+                    f"`--resources {key}=<n>` or ask for less")
     def _make_cluster(self) -> Any:
         if self.cluster_class is None:
             from distributed import LocalCluster

@@ -14,15 +14,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-__all__ = ["PreviousRun", "previous_best_configs", "log_and_register", "load_champion",
-           "record_decision", "Champion", "CHAMPION"]
+__all__ = [
+    "CHAMPION",
+    "Champion",
+    "PreviousRun",
+    "load_champion",
+    "log_and_register",
+    "previous_best_configs",
+    "record_decision",
+]
 
 CHAMPION = "champion"
 
