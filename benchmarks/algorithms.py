@@ -300,6 +300,19 @@ def correlation_line(rho: dict[int, float]) -> str:
             ", ".join(f"t = {t}: {v:.2f}" for t, v in rho.items()))
 
 
+def paired(runs: list[dict[str, Any]], method: str, against: str) -> str:
+    """``method`` minus ``against``, best final score per seed: mean ± s.e. and wins."""
+    mine = {r["seed"]: r["best_final"] for r in runs if r["method"] == method}
+    base = {r["seed"]: r["best_final"] for r in runs if r["method"] == against}
+    diffs = [mine[k] - base[k] for k in sorted(mine.keys() & base.keys())]
+    if len(diffs) < 2:
+        return f"{method} − {against}: too few seeds"
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    wins = sum(d > 0 for d in diffs)
+    return (f"{method} − {against} (best final score, paired by seed): "
+            f"{statistics.fmean(diffs):+.4f} ± {se:.4f}, better on {wins}/{len(diffs)} seeds")
+
+
 def write_docs(curves: str, text: str) -> None:
     start, end = markers(curves)
     doc = DOCS.read_text() if DOCS.exists() else "# Algorithms\n"
@@ -346,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = summarize([r for r in runs if r["curves"] == c], n)
         all_rows[c] = rows
         rho = rank_correlation(c)
-        text = table(rows, n)
+        mine = [r for r in runs if r["curves"] == c]
+        text = table(rows, n) + "\n\n" + paired(mine, "BOHB", "HyperBand + random") + "."
         print(f"{CURVES[c].__name__}(max_t={MAX_T}), {WORKERS} workers, {a.seeds} seeds, budget "
               f"{n} x {MAX_T} = {n * MAX_T} iterations, {a.jobs} processes, "
               f"journal={a.journal} ({wall:.0f} s wall for all families)")

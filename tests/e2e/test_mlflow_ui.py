@@ -51,7 +51,9 @@ def finished_experiment(tmp_path_factory) -> tuple[str, str, list[str]]:
     d = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{d}/mlflow.db"
     # artifacts (checkpoints) under the test's directory, not the working directory
-    MlflowClient(uri).create_experiment("ui-review", artifact_location=str(d / "artifacts"))
+    MlflowClient(uri).create_experiment(
+        "ui-review", artifact_location=str(d / "artifacts"),
+        tags={"mlflow.experimentKind": "custom_model_development"})  # as the tracker sets it
     result = Tuner(curve, space={"x": uniform(0.0, 1.0), "iters": 3, "sleep": 0.01},
                    metric="score", mode="max", num_samples=NUM_TRIALS,
                    backend={"type": "dask", "n_workers": 2}, storage_path=str(d / "runs"),

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,13 @@ from tuning._trial import ITERATION
 from tuning.backends._base import Backend
 from tuning.trainable import Segment
 
-__all__ = ["SimulatedBackend", "SimulatedTrainable", "CrossingCurves", "RealisticCurves",
-           "TabulatedCurves"]
+__all__ = [
+    "CrossingCurves",
+    "RealisticCurves",
+    "SimulatedBackend",
+    "SimulatedTrainable",
+    "TabulatedCurves",
+]
 
 
 class SimulatedTrainable:
