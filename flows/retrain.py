@@ -73,7 +73,7 @@ def retrain(spec: dict[str, Any], model_name: str = "digits-convnet", fit: str =
     previous = find_previous_run(s, warm_start_top_k)
     run_name = f"{s.name}-retrain-{_flow_run_id()[:8]}"
     tuned_spec, points = warm_start(s, previous, run_name)
-    out = tune(spec=tuned_spec)
+    out = tune(spec=tuned_spec.to_json_dict())
     config = best_config(out["experiment_dir"], fit_overrides)
     model = fit_final_model(fit, config)
     score = score_holdout(evaluate, model)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
 from prefect.cache_policies import NONE
 
 from tuning import live
@@ -49,7 +50,26 @@ def record(tracker: MlflowTracker, ctl: Controller, events: list[dict[str, Any]]
             if ev["event"] == "finished":
                 tracker.finish(ctl.trials, ev)
     live.notify(ctl, force=ctl.done)
+    _progress(ctl)
     return len(events)
+
+
+def _progress(ctl: Controller) -> None:
+    """A Prefect progress artifact, updated at most every 2 s while the run goes."""
+    import time
+
+    pct = round(100.0 * ctl.progress(), 1)
+    state = getattr(ctl, "_progress_artifact", None)
+    now = time.monotonic()
+    if state is not None and not ctl.done and (now - state[1] < 2.0 or pct == state[2]):
+        return
+    text = f"{ctl.name}: " + ", ".join(f"{v} {k.lower()}" for k, v in ctl.counts().items() if v)
+    if state is None:
+        art_id = create_progress_artifact(progress=pct, description=text)
+    else:
+        art_id = state[0]
+        update_progress_artifact(artifact_id=art_id, progress=pct, description=text)
+    ctl._progress_artifact = (art_id, now, pct)  # type: ignore[attr-defined]
 
 
 @task(name="summarize", cache_policy=NONE, persist_result=False)

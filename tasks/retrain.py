@@ -35,17 +35,16 @@ __all__ = [
     "warm_start",
 ]
 
-_TASK = {"cache_policy": NONE, "persist_result": False}
 
 
-@task(name="find-previous-run", **_TASK)
+@task(name="find-previous-run", cache_policy=NONE, persist_result=False)
 def find_previous_run(spec: ExperimentSpec, top_k: int) -> PreviousRun:
     """The latest finished tuning run of this experiment in MLflow, and its top-k configs."""
     return registry.previous_best_configs(spec.effective_tracking_uri(), spec.name, spec.metric,
                                           spec.mode, top_k)
 
 
-@task(name="warm-start", **_TASK)
+@task(name="warm-start", cache_policy=NONE, persist_result=False)
 def warm_start(spec: ExperimentSpec, previous: PreviousRun, run_name: str
                ) -> tuple[ExperimentSpec, list[dict[str, Any]]]:
     """The spec of this retrain's tuning run: its own run name, the previous best tried first."""
@@ -53,38 +52,38 @@ def warm_start(spec: ExperimentSpec, previous: PreviousRun, run_name: str
     return warm_start_spec(named, previous.configs)
 
 
-@task(name="best-config", **_TASK)
+@task(name="best-config", cache_policy=NONE, persist_result=False)
 def best_config(experiment_dir: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """The tuning run's best config (from its journal), with the retrain's overrides on top."""
     return final_config(load_result(experiment_dir).best_config, overrides)
 
 
-@task(name="fit-final", **_TASK)
+@task(name="fit-final", cache_policy=NONE, persist_result=False)
 def fit_final_model(fit: str, config: Mapping[str, Any]) -> Any:
     """Fit the config on the whole training data with the user's ``fit`` function."""
     return resolve_callable(fit, "fit")(dict(config))
 
 
-@task(name="score-holdout", **_TASK)
+@task(name="score-holdout", cache_policy=NONE, persist_result=False)
 def score_holdout(evaluate: str, model: Any) -> float:
     """Score a model on the held-out data with the user's ``evaluate`` function."""
     return float(resolve_callable(evaluate, "evaluate")(model))
 
 
-@task(name="load-champion", **_TASK)
+@task(name="load-champion", cache_policy=NONE, persist_result=False)
 def load_champion_model(tracking_uri: str, model_name: str) -> Champion | None:
     """The registered version holding the ``champion`` alias, loaded; None when none does."""
     return registry.load_champion(tracking_uri, model_name)
 
 
-@task(name="decide-champion", **_TASK)
+@task(name="decide-champion", cache_policy=NONE, persist_result=False)
 def decide(new_score: float, champion_score: float | None, mode: str, min_improvement: float,
            champion_version: str | None) -> ChampionDecision:
     """The champion rule on the two scores (same held-out data)."""
     return decide_champion(new_score, champion_score, mode, min_improvement, champion_version)
 
 
-@task(name="register-model", **_TASK)
+@task(name="register-model", cache_policy=NONE, persist_result=False)
 def register_model(spec: ExperimentSpec, run_name: str, model: Any, model_name: str,
                    config: Mapping[str, Any], score: float, tags: Mapping[str, str]
                    ) -> dict[str, str]:
@@ -93,7 +92,7 @@ def register_model(spec: ExperimentSpec, run_name: str, model: Any, model_name: 
                                      model_name, config, score, tags)
 
 
-@task(name="record-decision", **_TASK)
+@task(name="record-decision", cache_policy=NONE, persist_result=False)
 def record_champion_decision(tracking_uri: str, model_name: str, registered: Mapping[str, str],
                              decision: ChampionDecision) -> str | None:
     """Tags on the new version and the retrain run; the alias moved when promoted."""
@@ -101,7 +100,7 @@ def record_champion_decision(tracking_uri: str, model_name: str, registered: Map
                                     registered["run_id"], decision.promote, decision.tags())
 
 
-@task(name="retrain-report", **_TASK)
+@task(name="retrain-report", cache_policy=NONE, persist_result=False)
 def retrain_report(model_name: str, summary: Mapping[str, Any]) -> str:
     """A markdown artifact: what was tuned, warm-started from, registered, and the decision."""
     key = "".join(c if c.isalnum() else "-" for c in model_name.lower())[:90] + "-retrain"

@@ -152,6 +152,18 @@ class Controller:
         return (not self.searcher_finished and self.stopping is None
                 and self.trial_count < self._max_trials())
 
+    def progress(self) -> float:
+        """0..1: the largest fraction of any budget spent (trials, iterations, time)."""
+        if self.finished:
+            return 1.0
+        done = sum(1 for t in self.trials.values() if t.is_terminal)
+        parts = [done / max(self._max_trials(), 1)]
+        if self.budget.total_iterations:
+            parts.append(self.iterations_total / self.budget.total_iterations)
+        if self.budget.time_budget_s:
+            parts.append(self.elapsed() / self.budget.time_budget_s)
+        return min(max(parts), 1.0)
+
     def max_trials(self) -> int:
         """How many trials the experiment may start: num_samples times the grid's size."""
         return self._max_trials()

@@ -112,7 +112,11 @@ class Journal:
         """Queue one event; :meth:`flush` writes queued events together."""
         self._seq += 1
         record = {"seq": self._seq, "t": time.time(), "event": event, **data}
-        self._pending.append(json.dumps(_json_safe(record), separators=(",", ":")))
+        try:  # fast path; non-finite floats (JSON has none) take the slow one
+            line = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            line = json.dumps(_json_safe(record), separators=(",", ":"))
+        self._pending.append(line)
         return record
 
     def flush(self) -> None:

@@ -152,9 +152,10 @@ class DaskBackend(Backend):
         if self.cluster_class is None:
             from distributed import LocalCluster
 
-            kwargs = {"n_workers": self.n_workers or os.cpu_count() or 1,
-                      "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-                      "dashboard_address": None, "resources": _local_resources()}
+            n = self.n_workers or os.cpu_count() or 1
+            kwargs = {"n_workers": n, "threads_per_worker": 1, "processes": True,
+                      "host": "127.0.0.1", "dashboard_address": None,
+                      "resources": _local_resources(n)}
             kwargs.update(self.cluster_kwargs)
             return LocalCluster(**kwargs)
         cls = import_object(self.cluster_class) if isinstance(self.cluster_class, str) \
@@ -294,16 +295,26 @@ class DaskBackend(Backend):
         self._futures.pop(trial_id, None)
 
 
-def _local_resources() -> dict[str, float]:
+def _local_resources(n_workers: int) -> dict[str, float]:
+    """What each LocalCluster worker declares: one CPU (its thread), and an equal share of the
+    machine's GPUs where torch sees CUDA devices, so trials asking ``gpu: 0.5`` on 2 workers
+    and 1 GPU run two at a time."""
     res: dict[str, float] = {"CPU": 1.0}
-    try:
-        import torch  # noqa: F401 - only to count GPUs when torch is there
-
-        if torch.cuda.is_available():
-            res["GPU"] = 1.0 * torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no torch, no GPUs
-        pass
+    gpus = _cuda_device_count()
+    if gpus:
+        res["GPU"] = gpus / n_workers
     return res
+
+
+def _cuda_device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    try:
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken driver counts as no GPU
+        return 0
 
 
 def _dask_resources(resources: dict[str, float]) -> dict[str, float] | None:
