@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 import queue
 import tempfile
 import threading
@@ -43,6 +44,15 @@ def _short(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.2g}" if abs(v) >= 0.01 or v == 0 else f"{v:.1e}"
     return str(v)[:16]
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (``<db dir>/mlartifacts``), not in ``./mlruns``
+    under whatever directory the process happens to run in; a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        folder = os.path.dirname(os.path.abspath(uri.removeprefix("sqlite:///")))
+        return Path(folder, "mlartifacts").as_uri()
+    return None
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
@@ -95,8 +105,9 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             self.experiment_id = self.client.create_experiment(
-                self.experiment, tags={"mlflow.experimentKind": "custom_model_development",
-                                       "rungflow.experiment": self.experiment})
+                self.experiment, artifact_location=artifact_location(self.uri),
+                tags={"mlflow.experimentKind": "custom_model_development",
+                      "rungflow.experiment": self.experiment})
         else:
             self.experiment_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
