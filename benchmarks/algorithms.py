@@ -71,8 +71,8 @@ WORKERS = 4
 TARGET = 0.99  # "within 1%" of FIFO + random's best final score
 BASELINE = "FIFO + random"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
-CURVES: dict[str, type[SimulatedTrainable]] = {"crossing": CrossingCurves,
-                                               "realistic": RealisticCurves}
+CURVES: dict[str, Callable[..., SimulatedTrainable]] = {
+    "crossing": CrossingCurves, "realistic": RealisticCurves}
 RUNGS = (1, 3, 9, 27)
 
 
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         rho = rank_correlation(c)
         mine = [r for r in runs if r["curves"] == c]
         text = table(rows, n) + "\n\n" + paired(mine, "BOHB", "HyperBand + random") + "."
-        print(f"{CURVES[c].__name__}(max_t={MAX_T}), {WORKERS} workers, {a.seeds} seeds, budget "
+        print(f"{type(CURVES[c]()).__name__}(max_t={MAX_T}), {WORKERS} workers, {a.seeds} seeds, budget "
               f"{n} x {MAX_T} = {n * MAX_T} iterations, {a.jobs} processes, "
               f"journal={a.journal} ({wall:.0f} s wall for all families)")
         print(correlation_line(rho) + "\n")

@@ -20,8 +20,17 @@ from typing import Any
 
 from prefect import flow
 
-from tasks import (dispatch, evaluate_rungs, open_experiment_task, open_tracking, plan_wave,
-                   provision_cluster, record, summarize, teardown_cluster)
+from tasks import (
+    dispatch,
+    evaluate_rungs,
+    open_experiment_task,
+    open_tracking,
+    plan_wave,
+    provision_cluster,
+    record,
+    summarize,
+    teardown_cluster,
+)
 from tuning.runner import Components
 from tuning.spec import ExperimentSpec, validate_spec
 

@@ -5,5 +5,14 @@ from tasks.experiment import open_experiment_task
 from tasks.record import open_tracking, record, summarize
 from tasks.waves import dispatch, evaluate_rungs, plan_wave
 
-__all__ = ["open_experiment_task", "provision_cluster", "teardown_cluster", "plan_wave",
-           "dispatch", "evaluate_rungs", "open_tracking", "record", "summarize"]
+__all__ = [
+           "dispatch",
+           "evaluate_rungs",
+           "open_experiment_task",
+           "open_tracking",
+           "plan_wave",
+           "provision_cluster",
+           "record",
+           "summarize",
+           "teardown_cluster",
+]

@@ -94,7 +94,7 @@ def test_grid_points_times_num_samples(tmp_path):
 
 @pytest.mark.parametrize("variant", ["stop", "promote"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, variant):
-    sched = lambda: ASHA(max_t=27, grace_period=1, reduction_factor=3, variant=variant)  # noqa: E731
+    sched = lambda: ASHA(max_t=27, grace_period=1, reduction_factor=3, variant=variant)
     whole = make(tmp_path, sched(), n=24, name="whole").run()
     crashed = make(tmp_path, sched(), n=24, name="crash")
     crashed.open()

@@ -6,7 +6,7 @@ import pytest
 
 from tuning import get_checkpoint, report
 from tuning._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tuning.trainable import MetricError, Segment, run_segment
+from tuning.trainable import Segment, run_segment
 
 
 class Channel:

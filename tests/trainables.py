@@ -66,7 +66,7 @@ def fails_once(config):
         report(score=config["x"] * it, checkpoint={"it": it})
 
 
-from tuning.backends.simulated import CrossingCurves  # noqa: E402
+from tuning.backends.simulated import CrossingCurves
 
 SIM = CrossingCurves(max_t=9)
 

@@ -11,16 +11,50 @@ from typing import Any
 from tuning._trial import Status, Trial
 from tuning.schedulers import ASHA, FIFO, Decision, Scheduler
 from tuning.searchers import RandomSearch, Searcher
-from tuning.space import (Space, choice, grid, grid_search, loguniform, quniform, randint,
-                          sample_from, uniform)
+from tuning.space import (
+    Space,
+    choice,
+    grid,
+    grid_search,
+    loguniform,
+    quniform,
+    randint,
+    sample_from,
+    uniform,
+)
 from tuning.trainable import get_checkpoint, get_trial_id, report
 
 __all__ = [
-    "Tuner", "TuneResult", "ExperimentSpec", "report", "get_checkpoint", "get_trial_id",
-    "Space", "uniform", "loguniform", "quniform", "randint", "choice", "grid", "grid_search",
-    "sample_from", "Scheduler", "Decision", "FIFO", "ASHA", "HyperBand", "MedianStopping", "PBT",
-    "BOHB", "Searcher", "RandomSearch", "GridSearch", "OptunaSearch", "ConcurrencyLimiter",
-    "Status", "Trial",
+    "ASHA",
+    "BOHB",
+    "FIFO",
+    "PBT",
+    "ConcurrencyLimiter",
+    "Decision",
+    "ExperimentSpec",
+    "GridSearch",
+    "HyperBand",
+    "MedianStopping",
+    "OptunaSearch",
+    "RandomSearch",
+    "Scheduler",
+    "Searcher",
+    "Space",
+    "Status",
+    "Trial",
+    "TuneResult",
+    "Tuner",
+    "choice",
+    "get_checkpoint",
+    "get_trial_id",
+    "grid",
+    "grid_search",
+    "loguniform",
+    "quniform",
+    "randint",
+    "report",
+    "sample_from",
+    "uniform",
 ]
 
 _LAZY = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import fsspec
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_url", "CheckpointError"]
+__all__ = ["CheckpointError", "checkpoint_url", "load_checkpoint", "save_checkpoint"]
 
 
 class CheckpointError(ValueError):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["Status", "Trial", "TERMINAL", "ITERATION", "format_trial_id"]
+__all__ = ["ITERATION", "TERMINAL", "Status", "Trial", "format_trial_id"]
 
 ITERATION = "training_iteration"
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from tuning.space import Space
 from tuning.stoppers import Stopper
 from tuning.trainable import Segment
 
-__all__ = ["Controller", "Budget", "ExperimentAborted", "MetricMissingError"]
+__all__ = ["Budget", "Controller", "ExperimentAborted", "MetricMissingError"]
 
 log = logging.getLogger("tuning.controller")
 
@@ -573,7 +574,7 @@ class Controller:
             raise getattr(self, "_abort_kind", ExperimentAborted)(self.aborted)
 
     def run(self, on_events: Callable[[list[dict[str, Any]]], None] | None = None,
-            replayed: ExperimentState | None = None) -> "Controller":
+            replayed: ExperimentState | None = None) -> Controller:
         """The whole loop without Prefect (benchmarks, tests, the simulated backend).
 
         The backend must be started already; ``on_events`` sees each committed batch.

@@ -17,15 +17,23 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import fsspec
 
 from tuning._trial import Status, Trial
 
-__all__ = ["Journal", "JournalError", "ExperimentState", "replay", "experiment_dir",
-           "find_experiment_dirs", "JOURNAL_NAME"]
+__all__ = [
+    "JOURNAL_NAME",
+    "ExperimentState",
+    "Journal",
+    "JournalError",
+    "experiment_dir",
+    "find_experiment_dirs",
+    "replay",
+]
 
 log = logging.getLogger("tuning.experiment")
 JOURNAL_NAME = "journal.jsonl"

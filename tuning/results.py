@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from tuning._checkpoint import load_checkpoint
 from tuning._trial import Trial
 from tuning.experiment import ExperimentState, Journal, find_experiment_dirs, replay
 
-__all__ = ["TuneResult", "leaderboard_rows", "last_value", "load_result"]
+__all__ = ["TuneResult", "last_value", "leaderboard_rows", "load_result"]
 
 
 def last_value(trial: Trial, metric: str) -> float | None:

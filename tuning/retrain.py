@@ -14,14 +14,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tuning.space import Domain
-from tuning.spec import ExperimentSpec, SpecError, _import_file
+from tuning.spec import ExperimentSpec, SpecError, resolve_trainable
 
 __all__ = [
     "WARM_START_SEARCHERS",
@@ -154,27 +153,8 @@ def final_config(best_config: Mapping[str, Any] | None, overrides: Mapping[str, 
 
 
 def resolve_callable(path: str, field: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` (or ``file.py:function``); a SpecError naming the
-    retrain parameter ``field`` when it does not resolve."""
-    if not isinstance(path, str) or ":" not in path or path.startswith(":") or \
-            path.endswith(":"):
-        raise SpecError(f"{field}: must be an import path 'package.module:function', got "
-                        f"{path!r}")
-    module_part, _, attr = path.rpartition(":")
-    try:
-        module = _import_file(module_part) if module_part.endswith(".py") else \
-            importlib.import_module(module_part)
-    except Exception as exc:  # noqa: BLE001 - any import failure reads the same
-        raise SpecError(f"{field}: cannot import module {module_part!r} for {path!r} "
-                        f"({type(exc).__name__}: {exc})") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise SpecError(f"{field}: module {module_part!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise SpecError(f"{field}: {path!r} is not callable")
-    return obj
+    """Import ``package.module:function``; a SpecError naming the retrain parameter ``field``."""
+    return resolve_trainable(path, field)
 
 
 def check_retrain_options(model_name: str, fit: str, evaluate: str, warm_start_top_k: int,

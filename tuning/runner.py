@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from tuning.backends import make_backend
 from tuning.controller import Budget, Controller
@@ -17,7 +18,7 @@ from tuning.space import Space
 from tuning.spec import ExperimentSpec, SpecError, resolve_trainable, spec_diff
 from tuning.stoppers import stopper_from_dict
 
-__all__ = ["Components", "open_experiment", "ResumeRefused"]
+__all__ = ["Components", "ResumeRefused", "open_experiment"]
 
 log = logging.getLogger("tuning.runner")
 

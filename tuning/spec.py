@@ -25,8 +25,9 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,8 +35,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tuning.backends import BACKEND_TYPES
 from tuning.space import Domain, SampleFrom, Space
 
-__all__ = ["ExperimentSpec", "StopSpec", "load_spec", "resolve_trainable", "trainable_path",
-           "SpecError", "spec_diff"]
+__all__ = [
+    "ExperimentSpec",
+    "SpecError",
+    "StopSpec",
+    "load_spec",
+    "resolve_trainable",
+    "spec_diff",
+    "trainable_path",
+]
 
 
 class SpecError(ValueError):
@@ -152,7 +160,7 @@ class ExperimentSpec(BaseModel):
         return out
 
     @model_validator(mode="after")
-    def _check_together(self) -> "ExperimentSpec":
+    def _check_together(self) -> ExperimentSpec:
         sched = dict(self.scheduler)
         if sched.get("metric") not in (None, self.metric):
             raise ValueError(f"scheduler.metric {sched['metric']!r} differs from metric "
@@ -160,7 +168,7 @@ class ExperimentSpec(BaseModel):
         return self
 
     # -- conveniences ----------------------------------------------------------------------
-    def with_run_name(self) -> "ExperimentSpec":
+    def with_run_name(self) -> ExperimentSpec:
         """This spec with ``run_name`` set: given, or ``<name>-<YYYYmmdd-HHMMSS>``."""
         if self.run_name:
             return self
@@ -320,8 +328,13 @@ def trainable_path(fn: Callable[..., Any]) -> str:
     return f"{main}:{name}"
 
 
-def resolve_trainable(path: str) -> Callable[..., Any]:
-    """Import the trainable the spec names; a clear error when it does not resolve."""
+def resolve_trainable(path: str, field: str = "trainable") -> Callable[..., Any]:
+    """Import ``package.module:function`` (or ``path/to/file.py:function``); a SpecError naming
+    ``field`` when it does not resolve."""
+    if not isinstance(path, str) or ":" not in path or path.startswith(":") or \
+            path.endswith(":"):
+        raise SpecError(f"{field}: must be an import path 'package.module:function', got "
+                        f"{path!r}")
     module_part, _, attr = path.rpartition(":")
     try:
         if module_part.endswith(".py"):
@@ -329,15 +342,15 @@ def resolve_trainable(path: str) -> Callable[..., Any]:
         else:
             module = importlib.import_module(module_part)
     except Exception as exc:  # noqa: BLE001 - report any import failure the same way
-        raise SpecError(f"trainable: cannot import module {module_part!r} for {path!r} "
+        raise SpecError(f"{field}: cannot import module {module_part!r} for {path!r} "
                         f"({type(exc).__name__}: {exc})") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SpecError(f"trainable: module {module_part!r} has no attribute {attr!r}")
+            raise SpecError(f"{field}: module {module_part!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise SpecError(f"trainable: {path!r} is not callable")
+        raise SpecError(f"{field}: {path!r} is not callable")
     return obj
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from tuning._trial import ITERATION
 
-__all__ = ["Stopper", "MaximumIterationStopper", "TrialPlateauStopper", "stopper_from_dict"]
+__all__ = ["MaximumIterationStopper", "Stopper", "TrialPlateauStopper", "stopper_from_dict"]
 
 
 class Stopper:

@@ -18,14 +18,23 @@ import math
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from tuning._checkpoint import load_checkpoint, save_checkpoint
 from tuning._trial import ITERATION
 
-__all__ = ["report", "get_checkpoint", "get_trial_id", "Segment", "Channel", "run_segment",
-           "MetricError", "outside_trial_warning"]
+__all__ = [
+    "Channel",
+    "MetricError",
+    "Segment",
+    "get_checkpoint",
+    "get_trial_id",
+    "outside_trial_warning",
+    "report",
+    "run_segment",
+]
 
 
 class MetricError(ValueError):

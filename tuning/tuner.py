@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from tuning.results import TuneResult, load_result
 from tuning.runner import Components
@@ -100,7 +101,7 @@ class Tuner:
             else None)
 
     @classmethod
-    def from_spec(cls, spec: ExperimentSpec | Mapping[str, Any]) -> "Tuner":
+    def from_spec(cls, spec: ExperimentSpec | Mapping[str, Any]) -> Tuner:
         s = spec if isinstance(spec, ExperimentSpec) else validate_spec(spec)
         self = cls.__new__(cls)
         self.spec, self.components, self._trainable = s, Components(), None

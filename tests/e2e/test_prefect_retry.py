@@ -91,13 +91,12 @@ def test_flow_run_retry_continues_the_crashed_run(tmp_path, prefect_api):
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Crashed
 
-    with temporary_settings({PREFECT_API_URL: url}):
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs()
-            assert len(runs) == 1 and runs[0].state.is_running()
-            flow_run_id = runs[0].id
-            # what Prefect's heartbeat monitoring does to a flow run whose process died
-            client.set_flow_run_state(flow_run_id, Crashed(message="SIGKILL"), force=True)
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        assert len(runs) == 1 and runs[0].state.is_running()
+        flow_run_id = runs[0].id
+        # what Prefect's heartbeat monitoring does to a flow run whose process died
+        client.set_flow_run_state(flow_run_id, Crashed(message="SIGKILL"), force=True)
     run_dirs = glob.glob(f"{tmp_path}/runs/retried-*")
     assert run_dirs == [f"{tmp_path}/runs/retried-{str(flow_run_id)[:8]}"]
 
@@ -105,9 +104,8 @@ def test_flow_run_retry_continues_the_crashed_run(tmp_path, prefect_api):
                         "flows/tune.py:tune"], env=env, capture_output=True, text=True,
                        timeout=400, cwd=os.getcwd())
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    with temporary_settings({PREFECT_API_URL: url}):
-        with get_client(sync_client=True) as client:
-            assert client.read_flow_run(flow_run_id).state.is_completed()
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run_id).state.is_completed()
     # the same state `rungflow resume` leaves: one parent run, every trial once, whole histories
     status = subprocess.run([f"{BIN}/rungflow", "status", run_dirs[0], "--json"], env=env,
                             capture_output=True, text=True)

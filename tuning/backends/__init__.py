@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tuning.backends._base import Backend, BackendError
 
-__all__ = ["Backend", "BackendError", "make_backend", "BACKEND_TYPES"]
+__all__ = ["BACKEND_TYPES", "Backend", "BackendError", "make_backend"]
 
 BACKEND_TYPES = ("dask", "ray", "simulated")
 

@@ -15,7 +15,8 @@ dicts, in the order they happened:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tuning.trainable import Segment
 
@@ -70,7 +71,7 @@ class Backend:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         self.start()
         return self
 

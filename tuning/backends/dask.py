@@ -16,7 +16,8 @@ import logging
 import os
 import queue
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tuning.backends._base import Backend, BackendError
 from tuning.trainable import Segment, run_segment

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from tuning._recorded import RecordsArgs
-
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from tuning._recorded import RecordsArgs
 from tuning.space import Space
 
-__all__ = ["Searcher", "FINISHED"]
+__all__ = ["FINISHED", "Searcher"]
 
 #: returned by ``suggest`` when the searcher has nothing more to offer, ever
 FINISHED = "FINISHED"

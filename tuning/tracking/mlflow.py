@@ -13,19 +13,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 import queue
 import tempfile
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuning._trial import ITERATION, Status, Trial
 
-__all__ = ["MlflowTracker", "run_name", "check_tracking_uri"]
+__all__ = ["MlflowTracker", "check_tracking_uri", "run_name"]
 
 _SKIP = {ITERATION, "timestamp", "checkpoint"}
 _MLFLOW_STATUS = {Status.TERMINATED: "FINISHED", Status.STOPPED: "FINISHED",
@@ -62,7 +63,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         import urllib.request
 
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s)  # noqa: S310
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s)
         except (urllib.error.URLError, OSError) as exc:
             raise ValueError(f"tracking_uri: cannot reach the MLflow server at {uri!r} "
                              f"({getattr(exc, 'reason', exc)})") from None
