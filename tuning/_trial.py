@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -76,7 +77,7 @@ class Trial:
         return [r[metric] for r in self.results if metric in r]
 
     def best_value(self, metric: str, mode: str) -> float | None:
-        vals = [v for v in self.metric_values(metric) if isinstance(v, (int, float)) and v == v]
+        vals = [v for v in self.metric_values(metric) if isinstance(v, (int, float)) and not math.isnan(v)]
         if not vals:
             return None
         return max(vals) if mode == "max" else min(vals)

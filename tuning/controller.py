@@ -187,7 +187,7 @@ class Controller:
             return 0
         if self._seg_ema is None or self._loop_ema is None or self._seg_ema <= 0:
             return 0
-        return min(int(math.ceil(slots * self._loop_ema / self._seg_ema)), 8 * slots)
+        return min(math.ceil(slots * self._loop_ema / self._seg_ema), 8 * slots)
 
     def plan_wave(self) -> list[Segment]:
         """Segments to start now: interrupted trials first, then the scheduler's choices."""

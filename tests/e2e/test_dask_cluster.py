@@ -52,14 +52,14 @@ def cluster(tmp_path):
     with Client(addr, timeout=30) as c:
         c.wait_for_workers(3, timeout=60)
     yield addr, procs[1:], marks
-    for p in procs:
+    for p in procs[1:] + procs[:1]:  # workers first, then the scheduler
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
         try:
-            p.wait(timeout=20)
+            p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def _kill_busy_worker(marks, workers, killed):

@@ -171,8 +171,8 @@ class DaskBackend(Backend):
                 client.unsubscribe_topic(self.topic)
                 for fut in self._futures.values():
                     fut.cancel()
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                log.debug("cancelling futures at close: %s", exc)
             client.close()
         if cluster is not None and self._owns_cluster:
             cluster.close()
