@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,8 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=500)
     ap.add_argument("--server", action="store_true", help="also measure against a running "
                     "`prefect server start` (start-up with the API already up)")
+    ap.add_argument("--repeat", type=int, default=3, help="measure T(small), T(large) this many "
+                    "times; the median marginal cost is reported (the machine is noisy)")
     args = ap.parse_args()
     from distributed import Client, LocalCluster
 
@@ -95,15 +98,21 @@ def main() -> None:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.gather([client.submit(plain, 0, pure=False)])  # warm
-        p_small, p_large = time_plain(client, args.small), time_plain(client, args.large)
-        plain_marg = (p_large - p_small) / (args.large - args.small)
-        print(f"plain_dask T({args.small})={p_small:.3f}s T({args.large})={p_large:.3f}s "
-              f"marginal={plain_marg * 1e3:.2f}ms/trial")
-        f_small, startup_eph = time_full(cluster.scheduler_address, args.small, root, "eph")
-        f_large, _ = time_full(cluster.scheduler_address, args.large, root, "eph")
-        full_marg = (f_large - f_small) / (args.large - args.small)
-        print(f"full_stack T({args.small})={f_small:.3f}s T({args.large})={f_large:.3f}s "
-              f"marginal={full_marg * 1e3:.2f}ms/trial")
+        span = args.large - args.small
+        plain_margs, full_margs, startup_eph = [], [], None
+        for rep in range(args.repeat):
+            p_small, p_large = time_plain(client, args.small), time_plain(client, args.large)
+            plain_margs.append((p_large - p_small) / span)
+            f_small, startup = time_full(cluster.scheduler_address, args.small, root, f"e{rep}")
+            f_large, _ = time_full(cluster.scheduler_address, args.large, root, f"e{rep}")
+            full_margs.append((f_large - f_small) / span)
+            startup_eph = startup if startup_eph is None else startup_eph
+            print(f"repeat {rep}: plain_dask T({args.small})={p_small:.3f}s "
+                  f"T({args.large})={p_large:.3f}s; full_stack T({args.small})={f_small:.3f}s "
+                  f"T({args.large})={f_large:.3f}s; ratio {full_margs[-1] / plain_margs[-1]:.2f}")
+        plain_marg, full_marg = statistics.median(plain_margs), statistics.median(full_margs)
+        print(f"plain_dask marginal={plain_marg * 1e3:.2f}ms/trial (median of {args.repeat})")
+        print(f"full_stack marginal={full_marg * 1e3:.2f}ms/trial (median of {args.repeat})")
         print(f"startup_s_ephemeral_api {startup_eph:.2f}")
         if args.server:
             proc, url = start_prefect_server(root)

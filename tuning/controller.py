@@ -187,7 +187,7 @@ class Controller:
             return 0
         if self._seg_ema is None or self._loop_ema is None or self._seg_ema <= 0:
             return 0
-        return min(math.ceil(slots * self._loop_ema / self._seg_ema), 8 * slots)
+        return min(math.ceil(slots * self._loop_ema / self._seg_ema), 32 * slots)
 
     def plan_wave(self) -> list[Segment]:
         """Segments to start now: interrupted trials first, then the scheduler's choices."""
@@ -293,7 +293,10 @@ class Controller:
         if getattr(self.backend, "virtual_clock", False):
             return msgs  # one virtual instant at a time: decisions land exactly
         deadline = time.monotonic() + self.wave_window_s
-        while msgs and not any(m["type"] in ("done", "lost") for m in msgs):
+        # with segments queued beyond the workers, a finished one frees no worker: keep
+        # gathering for the whole window, so one turn of the loop handles more results
+        queued = len(self.flights) > self.backend.slots
+        while msgs and (queued or not any(m["type"] in ("done", "lost") for m in msgs)):
             left = deadline - time.monotonic()
             if left <= 0:
                 break

@@ -151,6 +151,7 @@ def _quiet_defaults() -> None:
     user's environment says otherwise (PREFECT_LOGGING_LEVEL, DASK_LOGGING__DISTRIBUTED)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")  # the ephemeral API's noise
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -107,6 +107,7 @@ class DaskBackend(Backend):
         self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self._futures: dict[str, Any] = {}
         self._trainable_future: Any = None
+        self._trainable: Any = None
         self._workers: dict[str, str] = {}  # trial id -> address of the worker running it
         self._pending_stops: set[str] = set()
         self._segment_ids: dict[str, int] = {}
@@ -206,7 +207,10 @@ class DaskBackend(Backend):
 
     # -- segments --------------------------------------------------------------------------
     def prepare(self, trainable: Callable[..., Any]) -> None:
+        """Send the trainable to the cluster once (workers keep it in memory), instead of
+        pickling it into every task."""
         self._trainable = trainable
+        self._trainable_future = self.client.scatter(trainable, broadcast=True, hash=False)
 
     def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
         self._workers.pop(segment.trial_id, None)
@@ -215,7 +219,8 @@ class DaskBackend(Backend):
             self.client.set_metadata([self.topic, "ckpt", segment.trial_id],
                                      {"checkpoint": segment.checkpoint,
                                       "iteration": segment.start_iteration})
-        fut = self.client.submit(_run_on_worker, trainable, segment.to_dict(), self.topic,
+        shipped = self._trainable_future if trainable is self._trainable else trainable
+        fut = self.client.submit(_run_on_worker, shipped, segment.to_dict(), self.topic,
                                  key=f"{segment.trial_id}-seg{segment.segment_id}-{self.topic}",
                                  pure=False, resources=_dask_resources(segment.resources))
         self._futures[segment.trial_id] = fut

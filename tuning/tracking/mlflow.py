@@ -208,23 +208,23 @@ class MlflowTracker:
         ended: dict[str, Mapping[str, Any]] = {}
         for ev in events:
             kind, tid = ev["event"], ev.get("trial_id")
-            if kind == "trial_created":
-                self._ensure_run(tid, ev["config"])
-            elif kind == "segment_started" and tid in self.configs and \
+            if kind == "trial_created":  # the run is created with its first result or end
+                self.configs.setdefault(tid, dict(ev["config"]))
+            elif kind == "segment_started" and tid in self.runs and \
                     ev.get("config") != self.configs.get(tid):
                 self._config_changed(tid, ev["config"], ev.get("segment_id"))
             elif kind == "result":
-                self._ensure_run(tid, configs.get(tid, {}))
+                self._ensure_run(tid, self.configs.get(tid) or configs.get(tid, {}))
                 metrics.setdefault(tid, []).extend(self._metrics(tid, ev["result"]))
             elif kind == "failure":
-                self._ensure_run(tid, configs.get(tid, {}))
+                self._ensure_run(tid, self.configs.get(tid) or configs.get(tid, {}))
                 self._log_text(tid, f"failure-{ev['num_failures']}.txt", ev["error"])
             elif kind == "trial_status" and Status(ev["status"]) != Status.RUNNING:
                 ended[tid] = ev
         for tid, ms in metrics.items():
             self._queued(self.runs[tid])["metrics"].extend(ms)
         for tid, ev in ended.items():
-            self._trial_tags(tid, ev, configs.get(tid, {}))
+            self._trial_tags(tid, ev, self.configs.get(tid) or configs.get(tid, {}))
         self._flush_batches()
         for tid, ev in ended.items():
             self._trial_closed(tid, ev)
@@ -244,7 +244,6 @@ class MlflowTracker:
 
     def _ensure_run(self, trial_id: str, config: Mapping[str, Any]) -> str:
         if trial_id in self.runs:
-            self.configs.setdefault(trial_id, dict(config))
             return self.runs[trial_id]
         assert self.parent_run_id is not None and self.experiment_id is not None
         run = self.client.create_run(self.experiment_id, run_name=run_name(trial_id, config), tags={
