@@ -292,10 +292,14 @@ class Controller:
         msgs = self.backend.poll(timeout)
         if getattr(self.backend, "virtual_clock", False):
             return msgs  # one virtual instant at a time: decisions land exactly
-        deadline = time.monotonic() + self.wave_window_s
         # with segments queued beyond the workers, a finished one frees no worker: keep
-        # gathering for the whole window, so one turn of the loop handles more results
+        # gathering, for as long as a turn of the loop costs, so that each turn handles more
+        # results (short trials: the loop's fixed cost is spread over more of them)
         queued = len(self.flights) > self.backend.slots
+        window = self.wave_window_s
+        if queued and self._loop_ema is not None:
+            window = min(max(window, self._loop_ema), 0.25)
+        deadline = time.monotonic() + window
         while msgs and (queued or not any(m["type"] in ("done", "lost") for m in msgs)):
             left = deadline - time.monotonic()
             if left <= 0:
