@@ -22,13 +22,13 @@ from tuning.tracking.mlflow import MlflowTracker
 @task(name="open-tracking", cache_policy=NONE, persist_result=False)
 def open_tracking(ctl: Controller, tracking_uri: str, run_name: str, params: dict[str, Any],
                   tags: dict[str, str]) -> MlflowTracker:
-    """Find or create the MLflow experiment and parent run; catch up with the journal."""
+    """Find or create the MLflow experiment and the parent run, and catch up with the journal
+    when resuming: in the MLflow writer, so the first trials start meanwhile."""
     tracker = MlflowTracker(tracking_uri, ctl.name, run_name, ctl.metric, ctl.mode, params, tags)
     replayed = getattr(ctl, "replayed", None)
-    run_id = tracker.open(replayed.parent_run_id if replayed else None)
-    ctl.journal.append("tracking", tracking_uri=tracking_uri, parent_run_id=run_id)
-    if replayed is not None:  # write whatever the crash kept from MLflow
-        tracker.apply(_replay_events(ctl), ctl.trials)
+    catch_up = _replay_events(ctl) if replayed is not None else []
+    tracker.open_async(None, catch_up, {tid: dict(t.config) for tid, t in ctl.trials.items()})
+    ctl.journal.append("tracking", tracking_uri=tracking_uri, run_name=run_name)
     return tracker
 
 
@@ -53,6 +53,7 @@ def record(tracker: MlflowTracker, ctl: Controller, events: list[dict[str, Any]]
         for ev in events:
             if ev["event"] == "finished":
                 tracker.finish(ctl.trials, ev)
+        tracker.close()
     live.notify(ctl, force=ctl.done)
     _progress(ctl)
     return len(events)

@@ -124,6 +124,9 @@ class MlflowTracker:
         self.configs: dict[str, dict[str, Any]] = {}
         self._queue: queue.Queue[Any] | None = None
         self._thread: threading.Thread | None = None
+        self._proc: Any = None
+        self._inq: Any = None
+        self._outq: Any = None
         self._error: Exception | None = None
         self._batches: dict[str, dict[str, list[Any]]] = {}
 
@@ -189,14 +192,36 @@ class MlflowTracker:
         """Open in the background writer (creating a SQLite store takes seconds), then write
         ``catch_up`` events (a resumed run's journal) before anything queued later."""
         self._start_writer()
-        self._queue.put((None, (parent_run_id, catch_up or [], dict(configs or {}))))
+        self._send(("open", parent_run_id, list(catch_up or []), dict(configs or {})))
 
     def _start_writer(self) -> None:
-        if self._queue is None:
+        """The writer is a separate process by default, so MLflow's SQLAlchemy work neither
+        holds the driver's GIL nor slows the tuning loop (``RUNGFLOW_MLFLOW_WRITER=thread``
+        keeps it in a thread of this process)."""
+        if self._queue is not None or self._proc is not None:
+            return
+        if os.environ.get("RUNGFLOW_MLFLOW_WRITER", "process") == "thread":
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._writer, name="rungflow-mlflow",
                                             daemon=True)
             self._thread.start()
+            return
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._inq, self._outq = ctx.Queue(), ctx.Queue()
+        args = (self.uri, self.experiment, self.run_name, self.metric, self.mode,
+                self.parent_params, self.tags)
+        self._proc = ctx.Process(target=_writer_main, args=(args, self._inq, self._outq),
+                                 name="rungflow-mlflow", daemon=True)
+        self._proc.start()
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        if self._proc is not None:
+            self._inq.put(msg)
+        else:
+            assert self._queue is not None
+            self._queue.put(msg)
 
     def apply_async(self, events: list[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
         """Queue a batch for the background writer: the tuning loop does not wait on MLflow.
@@ -204,29 +229,66 @@ class MlflowTracker:
         self._start_writer()
         configs = {ev["trial_id"]: dict(trials[ev["trial_id"]].config) for ev in events
                    if ev.get("trial_id") in trials and ev["trial_id"] not in self.runs}
-        self._queue.put((events, configs))
+        self._send(("apply", list(events), configs))
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float = 600.0) -> None:
         """Wait until the background writer has written everything queued; re-raise its error."""
-        if self._queue is not None:
+        if self._proc is not None:
+            self._inq.put(("flush",))
+            try:
+                state = self._outq.get(timeout=timeout_s)
+            except queue.Empty:
+                raise RuntimeError("the MLflow writer did not answer within "
+                                   f"{timeout_s:g}s") from None
+            self._load_writer_state(state)
+        elif self._queue is not None:
             self._queue.join()
         if self._error is not None:
             err, self._error = self._error, None
             raise err
 
+    def close(self) -> None:
+        """Stop the writer process (after a final flush)."""
+        if self._proc is not None:
+            self._inq.put(("stop",))
+            self._proc.join(timeout=30)
+            self._proc = None
+
+    def writer_state(self) -> dict[str, Any]:
+        return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
+                "runs": dict(self.runs), "logged_step": dict(self.logged_step),
+                "configs": dict(self.configs),
+                "error": getattr(self, "_error_tb", None) or
+                (f"{type(self._error).__name__}: {self._error}" if self._error else None)}
+
+    def _load_writer_state(self, state: Mapping[str, Any]) -> None:
+        self.experiment_id, self.parent_run_id = state["experiment_id"], state["parent_run_id"]
+        self.runs, self.logged_step = dict(state["runs"]), dict(state["logged_step"])
+        self.configs = dict(state["configs"])
+        if state.get("error"):
+            self._error = RuntimeError(f"MLflow writer failed: {state['error']}")
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        if self._error is not None:
+            return
+        try:
+            if msg[0] == "open":
+                self.open(msg[1])
+                self._apply(msg[2], msg[3])
+            elif msg[0] == "apply":
+                self._apply(msg[1], msg[2])
+        except Exception as exc:  # noqa: BLE001 - handed to the loop at flush()
+            import traceback
+
+            self._error = exc
+            self._error_tb = traceback.format_exc()
+
     def _writer(self) -> None:
         assert self._queue is not None
         while True:
-            events, configs = self._queue.get()
+            msg = self._queue.get()
             try:
-                if self._error is None and events is None:
-                    parent, catch_up, cfgs = configs
-                    self.open(parent)
-                    self._apply(catch_up, cfgs)
-                elif self._error is None:
-                    self._apply(events, configs)
-            except Exception as exc:  # noqa: BLE001 - handed to the loop at flush()
-                self._error = exc
+                self._handle(msg)
             finally:
                 self._queue.task_done()
 
@@ -370,6 +432,19 @@ class MlflowTracker:
         self.client.log_dict(self.parent_run_id, _leaderboard(trials, self.metric, self.mode),
                              "leaderboard.json")
         self.client.set_terminated(self.parent_run_id, "FINISHED")
+
+
+def _writer_main(args: tuple[Any, ...], inq: Any, outq: Any) -> None:
+    """The MLflow writer process: applies batches in order, answers each flush with its state."""
+    tracker = MlflowTracker(*args)
+    while True:
+        msg = inq.get()
+        if msg[0] == "stop":
+            return
+        if msg[0] == "flush":
+            outq.put(tracker.writer_state())
+            continue
+        tracker._handle(msg)
 
 
 def _leaderboard(trials: Mapping[str, Trial], metric: str, mode: str) -> list[dict[str, Any]]:
