@@ -111,6 +111,7 @@ class DaskBackend(Backend):
         self._workers: dict[str, str] = {}  # trial id -> address of the worker running it
         self._pending_stops: set[str] = set()
         self._segment_ids: dict[str, int] = {}
+        self._cancelled: set[str] = set()
         self._owns_cluster = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -171,6 +172,7 @@ class DaskBackend(Backend):
             try:
                 client.unsubscribe_topic(self.topic)
                 for fut in self._futures.values():
+                    self._cancelled.add(fut.key)
                     fut.cancel()
             except Exception as exc:  # noqa: BLE001 - best effort on the way out
                 log.debug("cancelling futures at close: %s", exc)
@@ -207,10 +209,7 @@ class DaskBackend(Backend):
 
     # -- segments --------------------------------------------------------------------------
     def prepare(self, trainable: Callable[..., Any]) -> None:
-        """Send the trainable to the cluster once (workers keep it in memory), instead of
-        pickling it into every task."""
         self._trainable = trainable
-        self._trainable_future = self.client.scatter(trainable, broadcast=True, hash=False)
 
     def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
         self._workers.pop(segment.trial_id, None)
@@ -219,8 +218,7 @@ class DaskBackend(Backend):
             self.client.set_metadata([self.topic, "ckpt", segment.trial_id],
                                      {"checkpoint": segment.checkpoint,
                                       "iteration": segment.start_iteration})
-        shipped = self._trainable_future if trainable is self._trainable else trainable
-        fut = self.client.submit(_run_on_worker, shipped, segment.to_dict(), self.topic,
+        fut = self.client.submit(_run_on_worker, trainable, segment.to_dict(), self.topic,
                                  key=f"{segment.trial_id}-seg{segment.segment_id}-{self.topic}",
                                  pure=False, resources=_dask_resources(segment.resources))
         self._futures[segment.trial_id] = fut
@@ -238,11 +236,15 @@ class DaskBackend(Backend):
 
     def _on_done(self, fut: Any, segment: Segment) -> None:
         base = {"trial_id": segment.trial_id, "segment_id": segment.segment_id}
+        if fut.cancelled():
+            if fut.key not in self._cancelled:  # not by us: the cluster dropped the task
+                self._messages.put({**base, "type": "lost",
+                                    "error": "the cluster cancelled the task (lost client or "
+                                             "worker)"})
+            return
         try:
             summary = fut.result()
         except Exception as exc:  # noqa: BLE001 - the worker died or the task was refused
-            if fut.cancelled():
-                return
             self._messages.put({**base, "type": "lost", "error": f"{type(exc).__name__}: {exc}"})
             return
         self._messages.put({**base, "type": "done", "summary": summary})
@@ -283,6 +285,7 @@ class DaskBackend(Backend):
         fut = self._futures.pop(trial_id, None)
         worker = self._workers.get(trial_id)
         if fut is not None:
+            self._cancelled.add(fut.key)
             fut.cancel()
             self._messages.put({"type": "lost", "trial_id": trial_id,
                                 "segment_id": self._segment_ids.get(trial_id),
