@@ -95,7 +95,6 @@ class Controller:
         self.finished = False
         self._t0 = 0.0
         self._committed: list[dict[str, Any]] = []
-        self._seen_segments: set[int] = set()
         self._seg_ema: float | None = None  # wall seconds a segment takes
         self._loop_ema: float | None = None  # wall seconds one plan-dispatch-evaluate turn takes
         self._loop_t: float | None = None

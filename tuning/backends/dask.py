@@ -106,7 +106,6 @@ class DaskBackend(Backend):
         self.topic = f"rungflow-{uuid.uuid4().hex[:12]}"
         self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self._futures: dict[str, Any] = {}
-        self._trainable_future: Any = None
         self._trainable: Any = None
         self._workers: dict[str, str] = {}  # trial id -> address of the worker running it
         self._pending_stops: set[str] = set()
