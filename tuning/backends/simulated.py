@@ -86,7 +86,7 @@ class CrossingCurves(SimulatedTrainable):
 
 
 @dataclass
-class RealisticCurves(SimulatedTrainable):
+class RealisticCurves(CrossingCurves):
     """Synthetic multi-fidelity benchmark whose curves cross only early (rankings mostly hold).
 
     Same config space as :class:`CrossingCurves`: ``lr`` (log-uniform, best at ``1e-2``) and
@@ -106,14 +106,6 @@ class RealisticCurves(SimulatedTrainable):
         (0.95, 0.8)
     """
 
-    max_t: int = 81
-    cost_s: float = 1.0
-    noise: float = 0.005
-    metric: str = "accuracy"
-
-    def init(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {"progress": 0.0}
-
     def final(self, config: dict[str, Any]) -> float:
         lr, mom = float(config.get("lr", 1e-2)), float(config.get("momentum", 0.5))
         x = math.log10(lr) + 2.0
@@ -122,13 +114,6 @@ class RealisticCurves(SimulatedTrainable):
     def rate(self, config: dict[str, Any]) -> float:
         lr = float(config.get("lr", 1e-2))
         return 0.1 * (lr / 1e-3) ** 0.7
-
-    def step(self, state: dict[str, Any], config: dict[str, Any],
-             t: int) -> tuple[dict[str, Any], dict[str, float], float]:
-        progress = state["progress"] + self.rate(config)
-        rng = np.random.default_rng(abs(hash((round(progress, 9), t))) % (2**32))
-        acc = self.final(config) * (1.0 - math.exp(-progress)) + self.noise * rng.standard_normal()
-        return {"progress": progress}, {self.metric: float(acc)}, self.cost_s
 
 
 @dataclass
