@@ -1,14 +1,15 @@
 """The tuning flow: a tuning run *is* this Prefect flow.
 
     tune(spec):
-      experiment = open_experiment(spec)          # new, or replayed from the journal
-      with provision(spec.backend) as cluster:    # torn down when the flow ends
+      experiment, tracker = open_experiment(spec)  # new, or replayed; MLflow writer started
+      with provision(spec.backend) as cluster:     # closed when the flow ends (ExitStack)
         loop until the budget is spent:
-          wave    = plan_wave(experiment)
-          results = dispatch(wave, cluster)
-          events  = evaluate_rungs(experiment, results)
-          record(events)                          # MLflow
-      summarize(experiment)                       # leaderboard artifact
+          dispatch(experiment)         # a wave: seconds of work, each result decided at once
+          evaluate_rungs(experiment)   # between waves: rungs, budgets, a state snapshot
+      summarize(experiment)            # leaderboard and summary artifacts; plots by the writer
+
+Task runs grow with wall time (waves double from 2 s to 30 s), not with trials or results;
+MLflow sees every journal event as soon as it is written, from its own process.
 
 Deployable as it is (``deployments/prefect.yaml``, entrypoint ``flows/tune.py:tune``): its
 parameters are the ExperimentSpec's fields, validated before anything starts.
@@ -16,21 +17,20 @@ parameters are the ExperimentSpec's fields, validated before anything starts.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 from prefect import flow
 
 from tasks import (
+    Progress,
     dispatch,
     evaluate_rungs,
     open_experiment_task,
-    open_tracking,
-    plan_wave,
     provision_cluster,
-    record,
     summarize,
-    teardown_cluster,
 )
+from tuning import live
 from tuning.runner import Components
 from tuning.spec import ExperimentSpec, validate_spec
 
@@ -55,23 +55,24 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
     if not s.run_name:
         s = s.model_copy(update={"run_name": f"{s.name}-{_flow_run_id()[:8]}"})
     comp = components if isinstance(components, Components) else None
-    ctl = open_experiment_task(s, comp, resume)
-    tracker = None
-    try:
+    with ExitStack() as stack:  # one owner for every lifetime: journal, writer, cluster
+        ctl, tracker = open_experiment_task(s, comp, resume, parent_params or _parent_params(s))
+        stack.callback(tracker.close, wait=False)  # last: after the journal's final events
+        stack.callback(ctl.journal.close)
+        stack.callback(ctl.backend.close)
         provision_cluster(ctl)
-        tracker = open_tracking(ctl, s.effective_tracking_uri(), s.run_name or s.name,
-                                parent_params or _parent_params(s), s.tags)
-        record(tracker, ctl, ctl.commit())
+        ctl.on_tick = lambda: live.notify(ctl)
+        progress = Progress()
         while not ctl.done:
-            wave = plan_wave(ctl)
-            messages = dispatch(ctl, wave) if not ctl.done else []
-            record(tracker, ctl, evaluate_rungs(ctl, messages))
-    finally:
-        teardown_cluster(ctl)
-    summary = summarize(ctl, tracker, s.tensorboard)
+            dispatch(ctl)
+            evaluate_rungs(ctl)
+            progress.update(ctl)
+        live.notify(ctl, force=True)
+        ctl.backend.close()  # the cluster goes before the summary: nothing runs on it now
+        summary = summarize(ctl, tracker, s.tensorboard)
     ctl.raise_if_aborted()
     return {**summary, "run_name": s.run_name, "experiment_dir": s.experiment_dir(), "tracking_uri":
-            s.effective_tracking_uri(), "parent_run_id": tracker.parent_run_id if tracker else None}
+            s.effective_tracking_uri(), "parent_run_id": tracker.parent_run_id}
 
 
 def _flow_run_id() -> str:

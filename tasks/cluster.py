@@ -1,4 +1,4 @@
-"""Provision (or connect to) the cluster for a run, and tear it down after."""
+"""Provision (or connect to) the cluster for a run."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ from tuning.controller import Controller
 
 @task(name="provision-cluster", cache_policy=NONE, persist_result=False)
 def provision_cluster(ctl: Controller) -> dict:
-    """Start the backend (LocalCluster, connect by address, or a cluster class) and open the
-    experiment on it; returns what was started."""
+    """Start the backend (LocalCluster, connect by address, or a cluster class), ship the
+    trainable to it and open the experiment on it; returns what was started. The flow's
+    ExitStack closes the backend."""
     ctl.backend.start()
-    ctl.open(getattr(ctl, "replayed", None))
+    ctl.open()
     return {**ctl.backend.describe(), "slots": ctl.backend.slots}
-
-
-@task(name="teardown-cluster", cache_policy=NONE, persist_result=False)
-def teardown_cluster(ctl: Controller) -> None:
-    """Close the client; close the cluster if this run provisioned it."""
-    ctl.backend.close()

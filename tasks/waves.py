@@ -1,29 +1,25 @@
-"""One wave of the tuning loop: plan, dispatch, evaluate the rungs."""
+"""One wave of the tuning run: a window of work dispatched, then the rungs evaluated."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
 
 from tuning.controller import Controller
-from tuning.trainable import Segment
-
-
-@task(name="plan-wave", cache_policy=NONE, persist_result=False)
-def plan_wave(ctl: Controller) -> list[Segment]:
-    """Searcher + scheduler: which trials to start or resume now."""
-    return ctl.plan_wave()
 
 
 @task(name="dispatch", cache_policy=NONE, persist_result=False)
-def dispatch(ctl: Controller, wave: list[Segment]) -> list[dict[str, Any]]:
-    """Send the wave's segments to the cluster; gather what the trials reported."""
-    return ctl.dispatch(wave)
+def dispatch(ctl: Controller) -> dict[str, Any]:
+    """A window of work (seconds; waves double up to 30 s): segments go to the cluster as
+    slots free, and each result is decided the moment it arrives."""
+    return asdict(ctl.run_wave())
 
 
 @task(name="evaluate-rungs", cache_policy=NONE, persist_result=False)
-def evaluate_rungs(ctl: Controller, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scheduler decisions on the results; the journal committed; the new events returned."""
-    return ctl.evaluate(messages)
+def evaluate_rungs(ctl: Controller) -> dict[str, Any]:
+    """Between waves: rungs closed by a scheduler that pauses trials, budgets, a state
+    snapshot; returns the trials per rung and per status."""
+    return ctl.end_wave()

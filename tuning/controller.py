@@ -1,9 +1,14 @@
-"""The engine's control loop: plan a wave, dispatch it, evaluate the results, commit.
+"""The engine's decision core: each result decided the moment it arrives.
 
 The controller owns the trial table and the journal; it asks the searcher what to try, the
 scheduler what to run, pause or stop, and the backend to run segments. It knows nothing of
-Prefect or MLflow: ``flows/tune.py`` calls :meth:`plan_wave`, :meth:`dispatch` and
-:meth:`evaluate` in a loop, and hands the committed events to the MLflow projection.
+Prefect or MLflow. A *wave* is a window of wall time (:meth:`run_wave`, seconds, doubling up
+to ``max_wave_s``): within it every backend message is applied at once (O(1) work here plus
+the scheduler's own), the answer to a trial waiting at a decision point goes straight back,
+and new segments start as slots free. Between waves :meth:`end_wave` closes rungs and writes
+a state snapshot. Events go to the journal's group commits; nothing here waits on a disk, on
+Prefect or on MLflow. ``flows/tune.py`` runs one ``dispatch`` and one ``evaluate-rungs`` task
+per wave.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tuning._trial import ITERATION, TERMINAL, Status, Trial, format_trial_id
-from tuning.backends._base import Backend
+from tuning.backends._base import Backend, Done, Lost, Message, Result, Started
 from tuning.experiment import ExperimentState, Journal
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew
 from tuning.searchers._base import FINISHED, Searcher
@@ -26,7 +31,8 @@ from tuning.space import Space
 from tuning.stoppers import Stopper
 from tuning.trainable import Segment
 
-__all__ = ["Budget", "Controller", "ExperimentAborted", "MetricMissingError"]
+__all__ = ["Budget", "Controller", "Ending", "ExperimentAborted", "MetricMissingError",
+           "WaveReport"]
 
 log = logging.getLogger("tuning.controller")
 
@@ -50,13 +56,38 @@ class Budget:
 
 
 @dataclass
+class Ending:
+    """How a running segment's trial ends, decided while it still runs (a STOP, a pause at a
+    rung, an error); applied when the segment's end reaches the driver."""
+
+    status: Status
+    error: str | None = None
+
+
+@dataclass
 class _Flight:
     segment: Segment
-    end_as: Status | None = None  # a decision taken while it runs: STOPPED/TERMINATED/PAUSED/ERROR
-    error: str | None = None
+    ending: Ending | None = None
     started: bool = False
     started_at: float | None = None  # wall clock, for timeout_s
-    no_retry: bool = False
+
+    def end_as(self, status: Status, error: str | None = None, *, override: bool = False) -> bool:
+        """Decide the segment's outcome once (``override``: an error replaces a decision)."""
+        if self.ending is not None and not override:
+            return False
+        self.ending = Ending(status, error)
+        return True
+
+
+@dataclass
+class WaveReport:
+    """What one wave (a window of work) did: the ``dispatch`` task's result."""
+
+    seconds: float = 0.0
+    segments_started: int = 0
+    results: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    trials_ended: int = 0
 
 
 @dataclass
@@ -79,7 +110,9 @@ class Controller:
     trial_timeout_s: float | None = None
     resources: dict[str, float] = field(default_factory=dict)
     max_concurrent: int | None = None
-    wave_window_s: float = 0.01
+    replayed: ExperimentState | None = None  # the journal replayed, when resuming
+    first_wave_s: float = 2.0  # waves double from this, up to max_wave_s
+    max_wave_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.trials: dict[str, Trial] = {}
@@ -92,34 +125,37 @@ class Controller:
         self.searcher_finished = False
         self.stopping: str | None = None  # why no new work is started
         self.aborted: str | None = None
+        self._abort_kind: type[Exception] = ExperimentAborted
         self.finished = False
+        self.waves = 0
+        self.on_tick: Callable[[], None] | None = None  # the live view, at most every 0.5 s
+        self._tick_t = 0.0
         self._t0 = 0.0
-        self._committed: list[dict[str, Any]] = []
         self._seg_ema: float | None = None  # wall seconds a segment takes
-        self._loop_ema: float | None = None  # wall seconds one plan-dispatch-evaluate turn takes
-        self._loop_t: float | None = None
+        self._report = WaveReport()
+        self._max_trials = self.budget.num_samples * max(len(self.space.grid_points()), 1)
         rng = np.random.default_rng(self.seed)
         s_seed, r_seed = rng.integers(2**31, size=2)
         self.scheduler.set_objective(self.metric, self.mode, np.random.default_rng(int(s_seed)))
-        if hasattr(self.scheduler, "set_search_space"):
-            self.scheduler.set_search_space(self.space)
+        self.scheduler.set_search_space(self.space)
         self.searcher.setup(self.space, self.metric, self.mode, np.random.default_rng(int(r_seed)),
                             self.budget.num_samples)
 
     # -- opening ---------------------------------------------------------------------------
-    def open(self, replayed: ExperimentState | None = None) -> None:
-        """Start fresh, or continue from a replayed journal (resume)."""
+    def open(self) -> None:
+        """Start fresh, or continue from the replayed journal (resume); the backend must be
+        started."""
         self.backend.prepare(self.trainable)
-        if replayed is not None and replayed.state is not None:
-            self._restore(replayed)
-        elif replayed is not None:
-            self.trials = {}
+        st = self.replayed
+        if st is not None and st.state is not None:
+            self._restore(st)
         self._t0 = self.backend.clock()
         import os
         import socket
 
-        self._emit("run_started", resumed=bool(replayed and replayed.state), backend=
-                   self.backend.describe(), pid=os.getpid(), host=socket.gethostname())
+        self._emit("run_started", resumed=bool(st and st.state), backend=self.backend.describe(),
+                   pid=os.getpid(), host=socket.gethostname())
+        self.commit()
 
     def _restore(self, st: ExperimentState) -> None:
         self.trials = st.trials
@@ -136,13 +172,15 @@ class Controller:
             t = self.trials[tid]
             t.rung, t.stopped_at, t.num_failures, t.bracket = rung, stopped_at, failures, bracket
         in_flight: set[str] = set()
-        if state.get("backend") and hasattr(self.backend, "running"):
+        if state.get("backend"):
             self.backend.load_state_dict(state["backend"])
-            in_flight = set(self.backend.running)  # a simulated backend resumes exactly
+            in_flight = self.backend.running_trials()  # a simulated backend resumes exactly
         for tid, fl in c.get("flights", {}).items():
             if tid in in_flight:
-                self.flights[tid] = _Flight(Segment(**fl["segment"]), _status(fl["end_as"]),
-                                            fl.get("error"), bool(fl.get("started")))
+                flight = _Flight(Segment(**fl["segment"]), started=bool(fl.get("started")))
+                if fl.get("end_as"):
+                    flight.end_as(Status(fl["end_as"]), fl.get("error"))
+                self.flights[tid] = flight
         for trial in self.trials.values():
             if trial.status == Status.RUNNING and trial.trial_id not in in_flight:
                 self.to_resubmit.append(trial.trial_id)  # interrupted: again from its checkpoint
@@ -150,14 +188,14 @@ class Controller:
     # -- planning --------------------------------------------------------------------------
     def _can_start_new(self) -> bool:
         return (not self.searcher_finished and self.stopping is None
-                and self.trial_count < self._max_trials())
+                and self.trial_count < self._max_trials)
 
     def progress(self) -> float:
         """0..1: the largest fraction of any budget spent (trials, iterations, time)."""
         if self.finished:
             return 1.0
         done = sum(1 for t in self.trials.values() if t.is_terminal)
-        parts = [done / max(self._max_trials(), 1)]
+        parts = [done / max(self._max_trials, 1)]
         if self.budget.total_iterations:
             parts.append(self.iterations_total / self.budget.total_iterations)
         if self.budget.time_budget_s:
@@ -166,11 +204,7 @@ class Controller:
 
     def max_trials(self) -> int:
         """How many trials the experiment may start: num_samples times the grid's size."""
-        return self._max_trials()
-
-    def _max_trials(self) -> int:
-        n_grid = len(self.space.grid_points())
-        return self.budget.num_samples * max(n_grid, 1)
+        return self._max_trials
 
     def free_slots(self) -> int:
         slots = self.backend.slots
@@ -179,30 +213,24 @@ class Controller:
         return slots + self._prefetch(slots) - len(self.flights)
 
     def _prefetch(self, slots: int) -> int:
-        """Segments queued beyond the workers, so none idles while the loop decides: as many
-        as finish during one loop turn (short trials), none for long ones or for schedulers
-        that pause trials to compare them (their waves must fill as planned)."""
-        if self.scheduler.synchronous or getattr(self.backend, "virtual_clock", False):
+        """Segments queued beyond the workers, so that none idles for the round trip from a
+        segment's end to the next one's start (short trials); none for long trials or for
+        schedulers that pause trials to compare them (their choices must wait for results)."""
+        if self.scheduler.pauses_trials or self.backend.virtual_clock:
             return 0
-        if self._seg_ema is None or self._loop_ema is None or self._seg_ema <= 0:
+        if self._seg_ema is None or self._seg_ema <= 0:
             return 0
-        return min(math.ceil(slots * self._loop_ema / self._seg_ema), 32 * slots)
+        return min(math.ceil(slots * _DISPATCH_LATENCY_S / self._seg_ema), 4 * slots)
 
     def plan_wave(self) -> list[Segment]:
         """Segments to start now: interrupted trials first, then the scheduler's choices."""
-        now = time.monotonic()
-        if self._loop_t is not None:
-            self._loop_ema = _ema(self._loop_ema, now - self._loop_t)
-        self._loop_t = now
         wave: list[Segment] = []
         self._check_time_budget()
-        while self.free_slots() > 0 and self.aborted is None:
+        while self.aborted is None and self.free_slots() > 0:
             seg = self._next_segment()
             if seg is None:
                 break
             wave.append(seg)
-        if not wave and not self.flights and not self.to_resubmit:
-            self._finish()
         return wave
 
     def _next_segment(self) -> Segment | None:
@@ -266,12 +294,14 @@ class Controller:
                        start_iteration: int) -> Segment:
         self.segment_count += 1
         offset = float(trial.last_result.get("time_total_s", 0.0)) if trial.last_result else 0.0
+        points = self.scheduler.decision_points(trial)
         seg = Segment(trial_id=trial.trial_id, segment_id=self.segment_count, config=config,
                       storage=self.storage, start_iteration=start_iteration if checkpoint else 0,
                       checkpoint=checkpoint, pause_at=self.scheduler.pause_at(trial),
                       max_t=getattr(self.scheduler, "max_t", None),
                       time_attr=self.scheduler.time_attr, time_offset_s=offset,
-                      resources=dict(self.resources), timeout_s=self.trial_timeout_s)
+                      resources=dict(self.resources), timeout_s=self.trial_timeout_s,
+                      decide_at=list(points.at), decide_from=points.every_from)
         trial.status = Status.RUNNING
         trial.config = config
         self.flights[trial.trial_id] = _Flight(seg)
@@ -280,115 +310,162 @@ class Controller:
                    pause_at=seg.pause_at)
         return seg
 
-    # -- dispatching -----------------------------------------------------------------------
-    def dispatch(self, wave: list[Segment], timeout: float = 1.0) -> list[dict[str, Any]]:
-        """Submit the wave, then gather messages: at least one (or ``timeout``), and then all
-        that arrive within ``wave_window_s`` or until a slot frees."""
-        for seg in wave:
-            self.backend.submit(self.trainable, seg)
-        if not self.flights:
-            return []
-        msgs = self.backend.poll(timeout)
-        if getattr(self.backend, "virtual_clock", False):
-            return msgs  # one virtual instant at a time: decisions land exactly
-        # with segments queued beyond the workers, a finished one frees no worker: keep
-        # gathering, for as long as a turn of the loop costs, so that each turn handles more
-        # results (short trials: the loop's fixed cost is spread over more of them)
-        queued = len(self.flights) > self.backend.slots
-        window = self.wave_window_s
-        if queued and self._loop_ema is not None:
-            window = min(max(window, self._loop_ema), 0.25)
-        deadline = time.monotonic() + window
-        while msgs and (queued or not any(m["type"] in ("done", "lost") for m in msgs)):
+    # -- the decision core -----------------------------------------------------------------
+    def next_wave_s(self) -> float:
+        """The length of the next wave: waves double from ``first_wave_s`` up to
+        ``max_wave_s``, so Prefect task runs grow with wall time, not with trials."""
+        return min(self.first_wave_s * 2.0 ** self.waves, self.max_wave_s)
+
+    def run_wave(self, seconds: float | None = None) -> WaveReport:
+        """One wave: for ``seconds`` (wall), decide each result the moment it arrives and start
+        segments as slots free. Never waits on anything but the backend's messages."""
+        seconds = self.next_wave_s() if seconds is None else seconds
+        self.waves += 1
+        self._report = WaveReport()
+        t0 = time.monotonic()
+        deadline = t0 + seconds
+        self._fill()
+        while not self.finished:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            more = self.backend.poll(left)
-            if not more:
-                break
-            msgs.extend(more)
-        return msgs
+            self.step(min(left, _POLL_S))
+            self._tick()
+        self._report.seconds = time.monotonic() - t0
+        return self._report
 
-    # -- evaluating ------------------------------------------------------------------------
-    def evaluate(self, msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Apply messages in order: decisions, failures, ends; commit; return committed events."""
+    def step(self, timeout: float = 0.0) -> None:
+        """The core's unit: wait up to ``timeout`` for messages, apply each, then close rungs,
+        check timeouts and budgets, and start what the freed slots allow."""
+        msgs = self.backend.poll(timeout if self.flights else 0.0)
         for msg in msgs:
-            handler = getattr(self, f"_on_{msg['type']}", None)
-            if handler is not None:
-                handler(msg)
+            self.handle(msg)
+        self._after_messages()
+
+    def _fill(self) -> None:
+        """Start what the free slots allow; finish when nothing runs and nothing can start."""
+        for seg in self.plan_wave():
+            self.backend.submit(seg)
+            self._report.segments_started += 1
+        if not self.flights and not self.to_resubmit:
+            self._finish()
+
+    def _after_messages(self) -> None:
         self._stop_chosen()
         self._check_timeouts()
         self._check_time_budget()
-        return self.commit()
+        self._fill()
+
+    def _tick(self) -> None:
+        if self.on_tick is None:
+            return
+        now = time.monotonic()
+        if now - self._tick_t >= 0.5 or self.finished:
+            self._tick_t = now
+            self.on_tick()
+
+    def end_wave(self) -> dict[str, Any]:
+        """Between waves: rungs a scheduler that pauses trials has closed, the time budget,
+        and a state snapshot (the commit that resume replays up to); returns the rungs."""
+        self._stop_chosen()
+        self._check_time_budget()
+        if not self.finished and not self.flights and not self.to_resubmit:
+            self._fill()
+        self.commit()
+        return self.rung_summary()
+
+    def rung_summary(self) -> dict[str, Any]:
+        """Trials per rung reached and per status: what the scheduler task reports."""
+        rungs: dict[str, int] = {}
+        for t in self.trials.values():
+            key = "none" if t.rung is None else f"{t.rung:g}"
+            rungs[key] = rungs.get(key, 0) + 1
+        return {"waves": self.waves, "rungs": rungs, "counts": self.counts(),
+                "stopping": self.stopping, "finished": self.finished}
+
+    def handle(self, msg: Message) -> None:
+        """Apply one backend message: a decision on a result, a segment's start or end."""
+        if isinstance(msg, Result):
+            try:
+                self._on_result(msg)
+            finally:
+                if msg.awaits:  # the trial waits for this answer, whatever happened here
+                    self._answer(msg)
+        elif isinstance(msg, Started):
+            self._on_started(msg)
+        elif isinstance(msg, Done):
+            self._on_done(msg)
+        elif isinstance(msg, Lost):
+            self._on_lost(msg)
+
+    def _answer(self, msg: Result) -> None:
+        fl = self._flight(msg)
+        stop = fl is None or (fl.ending is not None and fl.ending.status != Status.PAUSED)
+        self.backend.decide(msg.trial_id, msg.segment_id, int(msg.result[ITERATION]), stop)
 
     def _check_timeouts(self) -> None:
         """A trial running past ``timeout_s`` (hung, or never reporting) is ended: its worker
         is restarted where the backend can, and the trial is an ERROR."""
         limit = self.trial_timeout_s
-        if limit is None or getattr(self.backend, "virtual_clock", False):
+        if limit is None or self.backend.virtual_clock:
             return
         now = time.time()
         for tid, fl in list(self.flights.items()):
-            if fl.started_at is None or fl.end_as is not None or now - fl.started_at <= limit:
+            if fl.started_at is None or fl.ending is not None or now - fl.started_at <= limit:
                 continue
-            fl.end_as, fl.no_retry = Status.ERROR, True
-            fl.error = (f"trial {tid} ran past timeout_s={limit:g} without finishing; ended")
+            fl.end_as(Status.ERROR, f"trial {tid} ran past timeout_s={limit:g} without "
+                                    "finishing; ended")
             self._emit("decision", trial_id=tid, decision="STOP",
                        iteration=self.trials[tid].iteration, rung=self.trials[tid].rung,
                        reason="timeout")
-            kill = getattr(self.backend, "kill", None)
-            if kill is not None:
-                kill(tid)
-            else:
-                self.backend.stop(tid)
+            self.backend.kill(tid)
 
     def _stop_chosen(self) -> None:
-        """Paused trials that a synchronous scheduler dropped at a rung (HyperBand)."""
-        pick = getattr(self.scheduler, "trials_to_stop", None)
-        if pick is None:
-            return
-        for tid in pick(self.trials):
+        """Paused trials that a scheduler dropped at a rung (HyperBand)."""
+        for tid in self.scheduler.trials_to_stop(self.trials):
             trial = self.trials[tid]
             if trial.status == Status.PAUSED:
                 trial.stopped_at = trial.rung if trial.rung is not None else trial.iteration
                 self._emit("decision", trial_id=tid, decision="STOP", iteration=trial.iteration,
                            rung=trial.rung)
+                self._count_decision("STOP")
                 self._end(trial, Status.STOPPED)
 
-    def _flight(self, msg: Mapping[str, Any]) -> _Flight | None:
-        fl = self.flights.get(msg["trial_id"])
-        if fl is None or fl.segment.segment_id != msg["segment_id"]:
+    def _flight(self, msg: Message) -> _Flight | None:
+        fl = self.flights.get(msg.trial_id)
+        if fl is None or fl.segment.segment_id != msg.segment_id:
             return None  # a stale message from an earlier segment
         return fl
 
-    def _on_started(self, msg: dict[str, Any]) -> None:
+    def _on_started(self, msg: Started) -> None:
         fl = self._flight(msg)
         if fl is None:
             return
         if fl.started:  # the cluster re-ran the segment after losing its worker
-            self._failure(self.trials[msg["trial_id"]], fl,
+            self._failure(self.trials[msg.trial_id], fl,
                           f"worker lost; segment {fl.segment.segment_id} restarted by the cluster",
                           resubmit=False)
         fl.started = True
         fl.started_at = time.time()
 
-    def _on_result(self, msg: dict[str, Any]) -> None:
+    def _on_result(self, msg: Result) -> None:
         fl = self._flight(msg)
-        trial = self.trials.get(msg["trial_id"])
+        trial = self.trials.get(msg.trial_id)
         if fl is None or trial is None:
             return
-        result = dict(msg["result"])
+        result = msg.result
         if int(result[ITERATION]) <= trial.iteration:
             return  # already recorded (a re-run from an older checkpoint)
         trial.results.append(result)
         self.iterations_total += 1
+        self._report.results += 1
         if result.get("checkpoint"):
             trial.checkpoint = result["checkpoint"]
             trial.checkpoint_iteration = int(result[ITERATION])
             self.backend.checkpoint_saved(trial.trial_id, trial.checkpoint,
                                           trial.checkpoint_iteration)
         self._emit("result", trial_id=trial.trial_id, result=result)
-        if fl.end_as is None:
+        if fl.ending is None:
             self._decide(trial, fl, result)
         self._check_experiment_stops(result)
 
@@ -398,13 +475,13 @@ class Controller:
             return
         value = result[self.metric]
         if not math.isfinite(float(value)):
-            fl.end_as = Status.ERROR
-            fl.error = (f"metric {self.metric!r} was {value!r} at iteration {result[ITERATION]}: "
-                        "a NaN or infinite value cannot be ranked (the trial diverged?)")
-            fl.no_retry = True
+            fl.end_as(Status.ERROR, f"metric {self.metric!r} was {value!r} at iteration "
+                                    f"{result[ITERATION]}: a NaN or infinite value cannot be "
+                                    "ranked (the trial diverged?)")
             self.backend.stop(trial.trial_id)
             self._emit("decision", trial_id=trial.trial_id, decision="STOP",
                        iteration=result[ITERATION], rung=trial.rung, reason="non-finite metric")
+            self._count_decision("STOP")
             return
         decision = self.scheduler.on_result(trial, result)
         if decision == Decision.CONTINUE and any(s(trial.trial_id, result) for s in self.stoppers):
@@ -415,18 +492,22 @@ class Controller:
         max_t = getattr(self.scheduler, "max_t", None)
         if decision == Decision.PAUSE:
             if self.scheduler.needs_checkpoints and trial.checkpoint is None:
-                fl.end_as, fl.error = Status.ERROR, _needs_checkpoint_message(self.scheduler)
+                fl.end_as(Status.ERROR, _needs_checkpoint_message(self.scheduler))
                 self.backend.stop(trial.trial_id)
             else:
-                fl.end_as = Status.PAUSED
+                fl.end_as(Status.PAUSED)
         else:
             finished = max_t is not None and t >= max_t
-            fl.end_as = Status.TERMINATED if finished else Status.STOPPED
+            fl.end_as(Status.TERMINATED if finished else Status.STOPPED)
             if not finished:
                 trial.stopped_at = trial.rung if trial.rung is not None else int(t)
             self.backend.stop(trial.trial_id)
         self._emit("decision", trial_id=trial.trial_id, decision=str(decision),
                    iteration=result[ITERATION], rung=trial.rung)
+        self._count_decision(str(decision))
+
+    def _count_decision(self, decision: str) -> None:
+        self._report.decisions[decision] = self._report.decisions.get(decision, 0) + 1
 
     def _abort_metric_missing(self, trial: Trial, result: Mapping[str, Any]) -> None:
         reported = sorted(k for k in result if k not in _RESERVED)
@@ -438,60 +519,57 @@ class Controller:
         self.aborted = msg
         self._abort_kind = kind
         for tid, fl in self.flights.items():
-            fl.end_as, fl.error = Status.ERROR, msg
+            fl.end_as(Status.ERROR, msg, override=True)
             self.backend.stop(tid)
 
-    def _on_done(self, msg: dict[str, Any]) -> None:
+    def _on_done(self, msg: Done) -> None:
         fl = self._flight(msg)
         if fl is None:
             return
-        summary = msg["summary"]
-        for result in summary.get("results", []):  # anything the stream did not deliver
-            self._on_result({"trial_id": msg["trial_id"], "segment_id": msg["segment_id"],
-                             "result": result})
-        trial = self.trials[msg["trial_id"]]
+        summary = msg.summary
+        trial = self.trials[msg.trial_id]
         del self.flights[trial.trial_id]
-        results = summary.get("results") or []
-        if results:
-            self._seg_ema = _ema(self._seg_ema, max(results[-1]["timestamp"] - results[0]["timestamp"]
-                                                   + results[0]["time_this_iter_s"], 1e-4))
-        if hasattr(self.backend, "segment_finished"):
-            self.backend.segment_finished(trial.trial_id)
-        status = summary["status"]
-        error = summary.get("error") or "unknown error"
-        if status == "error" and fl.end_as is None and _not_retryable(error):
-            self._end(trial, Status.ERROR, error=error)
-            self._maybe_fail_fast(trial, error)
-        elif status == "error" and fl.end_as is None:
-            self._failure(trial, fl, error, resubmit=True)
-        elif fl.end_as == Status.ERROR:
-            self._end(trial, Status.ERROR, error=fl.error)
+        self._report.trials_ended += 1
+        if fl.started_at is not None:
+            self._seg_ema = _ema(self._seg_ema, max(time.time() - fl.started_at, 1e-4))
+        self.backend.segment_finished(trial.trial_id)
+        ending = fl.ending
+        if summary.status == "error" and ending is None:
+            error = summary.error or "unknown error"
+            if summary.retryable:
+                self._failure(trial, fl, error, resubmit=True)
+            else:
+                self._end(trial, Status.ERROR, error=error)
+                self._maybe_fail_fast(trial, error)
+        elif ending is not None and ending.status == Status.ERROR:
+            self._end(trial, Status.ERROR, error=ending.error)
             if self.aborted is None:
-                self._maybe_fail_fast(trial, fl.error or "")
-        elif fl.end_as is not None and fl.end_as != Status.PAUSED:
-            self._end(trial, fl.end_as)
-        elif status == "paused" or fl.end_as == Status.PAUSED:
+                self._maybe_fail_fast(trial, ending.error or "")
+        elif ending is not None and ending.status != Status.PAUSED:
+            self._end(trial, ending.status)
+        elif summary.status == "paused" or ending is not None:
             if self.scheduler.needs_checkpoints and trial.checkpoint is None:
                 self._end(trial, Status.ERROR, error=_needs_checkpoint_message(self.scheduler))
             else:
                 self._set_status(trial, Status.PAUSED)
         else:  # the trainable returned or reached max_t, or was stopped at the experiment's end
-            done = status in ("returned", "finished")
+            done = summary.status in ("returned", "finished")
             self._end(trial, Status.TERMINATED if done else Status.STOPPED)
 
-    def _on_lost(self, msg: dict[str, Any]) -> None:
+    def _on_lost(self, msg: Lost) -> None:
         fl = self._flight(msg)
         if fl is None:
             return
-        del self.flights[msg["trial_id"]]
-        trial = self.trials[msg["trial_id"]]
-        if fl.end_as == Status.ERROR:
-            self._end(trial, Status.ERROR, error=fl.error)
-            return
-        if fl.end_as is not None:
-            self._end(trial, fl.end_as if fl.end_as != Status.PAUSED else Status.STOPPED)
-            return
-        self._failure(trial, fl, msg.get("error", "worker lost"), resubmit=True)
+        del self.flights[msg.trial_id]
+        self.backend.segment_finished(msg.trial_id)
+        trial = self.trials[msg.trial_id]
+        ending = fl.ending
+        if ending is not None and ending.status == Status.ERROR:
+            self._end(trial, Status.ERROR, error=ending.error)
+        elif ending is not None:
+            self._end(trial, ending.status if ending.status != Status.PAUSED else Status.STOPPED)
+        else:
+            self._failure(trial, fl, msg.error, resubmit=True)
 
     def _failure(self, trial: Trial, fl: _Flight, error: str, resubmit: bool) -> None:
         trial.num_failures += 1
@@ -503,7 +581,7 @@ class Controller:
                 self.to_resubmit.append(trial.trial_id)
             return
         if trial.trial_id in self.flights:  # still running after a restart: end it
-            fl.end_as, fl.error = Status.ERROR, error
+            fl.end_as(Status.ERROR, error, override=True)
             self.backend.stop(trial.trial_id)
             return
         self._end(trial, Status.ERROR, error=error)
@@ -553,8 +631,7 @@ class Controller:
         self.stopping = why
         self._emit("stopping", reason=why)
         for tid, fl in self.flights.items():
-            if fl.end_as is None:
-                fl.end_as = Status.STOPPED
+            if fl.end_as(Status.STOPPED):
                 self.trials[tid].stopped_at = self.trials[tid].iteration
             self.backend.stop(tid)
         self.to_resubmit.clear()
@@ -570,6 +647,7 @@ class Controller:
         best = self.best_trial()
         self._emit("finished", reason=self.aborted or self.stopping or "completed",
                    best_trial=best.trial_id if best else None)
+        self.journal.flush()
 
     @property
     def done(self) -> bool:
@@ -577,24 +655,21 @@ class Controller:
 
     def raise_if_aborted(self) -> None:
         if self.aborted is not None:
-            raise getattr(self, "_abort_kind", ExperimentAborted)(self.aborted)
+            raise self._abort_kind(self.aborted)
 
-    def run(self, on_events: Callable[[list[dict[str, Any]]], None] | None = None,
-            replayed: ExperimentState | None = None) -> Controller:
-        """The whole loop without Prefect (benchmarks, tests, the simulated backend).
+    def run(self, on_events: Callable[[list[dict[str, Any]]], None] | None = None) -> Controller:
+        """The whole run without Prefect (benchmarks, tests, the simulated backend).
 
-        The backend must be started already; ``on_events`` sees each committed batch.
+        The backend must be started already; ``on_events`` sees the journal's events as they
+        are written.
         """
-        self.open(replayed)
-        first = self.commit()
-        if on_events:
-            on_events(first)
+        if on_events is not None:
+            self.journal.on_durable = on_events
+        self.open()
         while not self.done:
-            wave = self.plan_wave()
-            msgs = self.dispatch(wave) if not self.done else []
-            events = self.evaluate(msgs)
-            if on_events:
-                on_events(events)
+            self.run_wave()
+            self.end_wave()
+        self.journal.flush()
         return self
 
     # -- results ---------------------------------------------------------------------------
@@ -615,19 +690,15 @@ class Controller:
 
     # -- journal ---------------------------------------------------------------------------
     def _emit(self, event: str, **data: Any) -> None:
-        self._committed.append(self.journal.append(event, **data))
+        self.journal.append(event, **data)
 
-    def commit(self) -> list[dict[str, Any]]:
-        """Append the state snapshot, flush the journal, return the events of this wave."""
-        if not self._committed:
-            return []  # nothing happened: the last snapshot still holds
+    def commit(self) -> None:
+        """Append a state snapshot (what resume replays up to) and write the journal."""
         self.journal.append("state", scheduler=self.scheduler.state_dict(),
                             searcher=self.searcher.state_dict(),
                             controller=self._controller_state(),
                             backend=self.backend.state_dict())
         self.journal.flush()
-        out, self._committed = self._committed, []
-        return out
 
     def _controller_state(self) -> dict[str, Any]:
         return {"trial_count": self.trial_count, "segment_count": self.segment_count,
@@ -637,8 +708,9 @@ class Controller:
                 "trials": {t.trial_id: [t.rung, t.stopped_at, t.num_failures, t.bracket]
                            for t in self.trials.values() if not t.is_terminal},
                 "flights": {tid: {"segment": fl.segment.to_dict(),
-                                  "end_as": str(fl.end_as) if fl.end_as else None,
-                                  "error": fl.error, "started": fl.started}
+                                  "end_as": str(fl.ending.status) if fl.ending else None,
+                                  "error": fl.ending.error if fl.ending else None,
+                                  "started": fl.started}
                             for tid, fl in self.flights.items()}}
 
     def counts(self) -> dict[str, int]:
@@ -653,23 +725,14 @@ class Controller:
 
 
 _RESERVED = {ITERATION, "time_this_iter_s", "time_total_s", "timestamp", "checkpoint"}
-
-
-_NOT_RETRYABLE = ("MetricError", "CheckpointError", "TimeoutError: trial")
-
-
-def _not_retryable(error: str) -> bool:
-    """Errors a retry cannot fix: a metric that is not a number, an unsafe checkpoint."""
-    last = error.strip().splitlines()[-1] if error.strip() else ""
-    return any(last.startswith(k) or f".{k}" in last.split(":")[0] for k in _NOT_RETRYABLE)
+#: how long the backend's message wait may last before timeouts and budgets are checked
+_POLL_S = 0.25
+#: a segment's end to the next one's start on a cluster (the prefetch covers it)
+_DISPATCH_LATENCY_S = 0.02
 
 
 def _ema(old: float | None, new: float, alpha: float = 0.3) -> float:
     return new if old is None else (1 - alpha) * old + alpha * new
-
-
-def _status(value: str | None) -> Status | None:
-    return Status(value) if value else None
 
 
 def _needs_checkpoint_message(scheduler: Scheduler) -> str:

@@ -2,9 +2,10 @@
 
 Every event is one JSON line in ``<storage>/<experiment>/journal.jsonl``, written through fsspec
 (a local directory by default, any fsspec URL such as ``s3://bucket/prefix``). The controller
-appends a ``state`` event (scheduler, searcher and controller state) at the end of each wave;
-replay applies events up to the last ``state`` event, so a crash mid-wave loses at most the
-uncommitted tail, which the resumed run re-does from the trials' checkpoints.
+appends a ``state`` event (scheduler, searcher and controller state) at the end of each wave
+(a window of seconds); replay applies events up to the last ``state`` event, so a crash
+mid-wave loses at most the uncommitted tail, which the resumed run re-does from the trials'
+checkpoints. Events are written in group commits off the decision path.
 
 A torn last line (the process died mid-write) is dropped with a warning; any other unreadable
 line is an error naming the file and the line number.
@@ -12,12 +13,14 @@ line is an error naming the file and the line number.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,7 @@ __all__ = [
 
 log = logging.getLogger("tuning.experiment")
 JOURNAL_NAME = "journal.jsonl"
+CHUNK_DIR = "journal.d"
 
 
 class JournalError(ValueError):
@@ -73,91 +77,204 @@ def _json_restore(obj: Any) -> Any:
 
 
 class Journal:
-    """Append-only JSON-lines event log."""
+    """Append-only JSON-lines event log, written in group commits.
 
-    def __init__(self, directory: str) -> None:
+    :meth:`append` only queues an event (it never touches the disk, so the decision path never
+    waits on it). A background writer writes queued events together, every ``commit_s``
+    seconds or as soon as ``commit_events`` are queued, with one fsync per group; each written
+    group is handed to ``on_durable`` (the MLflow projection sees only what is on disk).
+    :meth:`flush` waits until everything queued so far is written.
+
+    On an object store (``s3://...``) each group is a numbered chunk object
+    (``journal.d/00000001.jsonl``); reading concatenates the chunks in order. Nothing is ever
+    rewritten.
+    """
+
+    def __init__(self, directory: str, commit_s: float = 0.1, commit_events: int = 1000) -> None:
         self.directory = directory.rstrip("/")
         self.url = f"{self.directory}/{JOURNAL_NAME}"
         self.fs, self.path = fsspec.core.url_to_fs(self.url)
         self._local = _is_local(self.url)
-        self._pending: list[str] = []
+        self._chunks = f"{self.path.rsplit('/', 1)[0]}/{CHUNK_DIR}"
+        self.commit_s = commit_s
+        self.commit_events = commit_events
+        self.on_durable: Callable[[list[dict[str, Any]]], None] | None = None
+        self._pending: list[tuple[str, dict[str, Any]]] = []
         self._seq = 0
+        self._chunk_no: int | None = None
         self._memory: list[str] | None = [] if directory.startswith("memory://") else None
+        self._cond = threading.Condition()
+        self._writing = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self.bytes_written = 0
+        self.error: BaseException | None = None
 
     def exists(self) -> bool:
         if self._memory is not None:
             return bool(self._memory)
-        return self.fs.exists(self.path)
+        if self.fs.exists(self.path):
+            return True
+        return not self._local and bool(self._chunk_paths())
 
-    def read(self) -> list[dict[str, Any]]:
-        """Every readable event; a torn last line is dropped with a warning."""
-        if not self.exists():
+    def _chunk_paths(self) -> list[str]:
+        if not self.fs.exists(self._chunks):
             return []
+        return sorted(p for p in self.fs.ls(self._chunks, detail=False) if p.endswith(".jsonl"))
+
+    def _raw_lines(self) -> Iterator[tuple[int, bytes, bool]]:
+        """(line number, line, whether a newline ended it), streamed, never the whole file."""
         if self._memory is not None:
-            raw = "".join(self._memory)
+            sources: list[Any] = [io.BytesIO("".join(self._memory).encode())]
+        elif self._local or self.fs.exists(self.path):
+            sources = [self.path]
         else:
-            with self.fs.open(self.path, "rb") as f:
-                raw = f.read().decode("utf-8", errors="replace")
-        lines = raw.split("\n")
-        events: list[dict[str, Any]] = []
-        last = len(lines) - 1
-        for i, line in enumerate(lines):
+            sources = self._chunk_paths()
+        n = 0
+        for src in sources:
+            f = src if isinstance(src, io.BytesIO) else self.fs.open(src, "rb")
+            with f:
+                for line in f:
+                    n += 1
+                    yield n, line, line.endswith(b"\n")
+
+    def iter_events(self) -> Iterator[dict[str, Any]]:
+        """Every readable event in order, streamed; a torn last line is dropped with a warning,
+        any other damaged line is refused naming the file and the line."""
+        if not self.exists():
+            return
+        top = 0
+        for n, line, whole in self._raw_lines():
             if not line.strip():
                 continue
             try:
-                events.append(_json_restore(json.loads(line)))
-            except json.JSONDecodeError as exc:
-                if i == last:  # no newline after it: a write that never finished
+                ev = _json_restore(json.loads(line))
+                if not isinstance(ev, dict) or not isinstance(ev.get("event"), str) or \
+                        not isinstance(ev.get("seq"), int):
+                    raise ValueError("not an event object with 'seq' and 'event'")
+            except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError too
+                if not whole:  # no newline after it: a write that never finished
                     log.warning("%s: dropped a torn last line %d (%d bytes): the previous run "
-                                "died while writing it", self.url, i + 1, len(line))
+                                "died while writing it", self.url, n, len(line))
                     break
-                raise JournalError(f"{self.url}, line {i + 1}: not a JSON event ({exc.msg}); "
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise JournalError(f"{self.url}, line {n}: not a JSON event ({why}); "
                                    "the journal is corrupt") from None
-        self._seq = max((e.get("seq", 0) for e in events), default=0)
-        return events
+            top = max(top, ev["seq"])
+            yield ev
+        with self._cond:
+            self._seq = max(self._seq, top)  # never back: appends may be queued already
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every readable event (a list; prefer :meth:`iter_events` for large journals)."""
+        return list(self.iter_events())
 
     def append(self, event: str, **data: Any) -> dict[str, Any]:
-        """Queue one event; :meth:`flush` writes queued events together."""
-        self._seq += 1
-        record = {"seq": self._seq, "t": time.time(), "event": event, **data}
-        try:  # fast path; non-finite floats (JSON has none) take the slow one
-            line = json.dumps(record, separators=(",", ":"), allow_nan=False)
-        except ValueError:
-            line = json.dumps(_json_safe(record), separators=(",", ":"))
-        self._pending.append(line)
+        """Queue one event; the writer commits it within ``commit_s``."""
+        with self._cond:
+            self._seq += 1
+            record = {"seq": self._seq, "t": time.time(), "event": event, **data}
+            try:  # fast path; non-finite floats (JSON has none) take the slow one
+                line = json.dumps(record, separators=(",", ":"), allow_nan=False)
+            except ValueError:
+                line = json.dumps(_json_safe(record), separators=(",", ":"))
+            self._pending.append((line, record))
+            if self._writer is None and not self._closed:
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                name="rungflow-journal")
+                self._writer.start()
+            if len(self._pending) == 1 or len(self._pending) >= self.commit_events:
+                self._cond.notify_all()
         return record
 
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        text = "\n".join(self._pending) + "\n"
-        self._pending.clear()
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._pending:
+                    return
+                if len(self._pending) < self.commit_events and not self._closed:
+                    self._cond.wait(self.commit_s)  # gather a group
+            self._write_group()
+
+    def _write_group(self) -> None:
+        with self._writing:  # one group at a time, in order
+            with self._cond:
+                group, self._pending = self._pending, []
+            if not group:
+                return
+            text = "\n".join(line for line, _ in group) + "\n"
+            try:
+                self._write(text.encode())
+            except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
+                self.error = exc
+                log.error("%s: writing %d events failed: %s", self.url, len(group), exc)
+                return
+            self.bytes_written += len(text)
+            if self.on_durable is not None:
+                try:
+                    self.on_durable([rec for _, rec in group])
+                except Exception as exc:  # noqa: BLE001 - a projection never stops the run
+                    log.warning("journal listener failed: %s", exc)
+
+    def _write(self, blob: bytes) -> None:
         if self._memory is not None:  # memory://: benchmarks and tests, nothing on disk
-            self._memory.append(text)
+            self._memory.append(blob.decode())
             return
-        blob = text.encode()
-        self.fs.makedirs(self.directory if self._local else self.path.rsplit("/", 1)[0],
-                         exist_ok=True)
         if self._local:
-            path = self.path
-            with open(path, "ab") as f:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(self.path, "ab") as f:
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())
-        else:  # object stores cannot append: rewrite the whole object
-            old = self.fs.cat_file(self.path) if self.fs.exists(self.path) else b""
-            with self.fs.open(self.path, "wb") as f:
-                f.write(old + blob)
+            return
+        if self._chunk_no is None:  # object stores cannot append: a new numbered object
+            have = self._chunk_paths()
+            self._chunk_no = int(have[-1].rsplit("/", 1)[-1].split(".")[0]) if have else 0
+        self._chunk_no += 1
+        self.fs.makedirs(self._chunks, exist_ok=True)
+        with self.fs.open(f"{self._chunks}/{self._chunk_no:08d}.jsonl", "wb") as f:
+            f.write(blob)
+
+    def flush(self) -> None:
+        """Write everything queued so far, and wait for it."""
+        self._write_group()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise JournalError(f"{self.url}: cannot write the journal ({err})") from err
+
+    def close(self) -> None:
+        """Flush and stop the writer."""
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout=10)
+            self._writer = None
 
     def repair_tail(self) -> None:
         """Cut a torn last line so that new events start on a fresh line."""
         if not self._local or not os.path.exists(self.path):
             return
         with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                f.truncate(cut)
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            back = min(size, 1 << 20)
+            while True:  # find the last newline, reading backwards in blocks
+                f.seek(size - back)
+                data = f.read(back)
+                cut = data.rfind(b"\n")
+                if cut >= 0 or back == size:
+                    f.truncate(size - back + cut + 1)
+                    return
+                back = min(size, back * 2)
 
 
 @dataclass
@@ -222,10 +339,12 @@ def replay(events: Iterable[dict[str, Any]]) -> ExperimentState:
     wrote after its last commit is dropped when the next ``run_started`` shows it never
     committed, so a resumed run re-does it from the trials' checkpoints.
     """
-    events = list(events)
     st = ExperimentState()
     pending: list[dict[str, Any]] = []
+    n, last_t = 0, None
     for ev in events:
+        n += 1
+        last_t = ev.get("t", last_t)
         kind = ev["event"]
         if kind in ("experiment_created", "tracking"):
             _apply(st, ev)
@@ -241,8 +360,8 @@ def replay(events: Iterable[dict[str, Any]]) -> ExperimentState:
                 st.state = ev
         else:
             pending.append(ev)
-    st.events = len(events)
-    st.last_event_time = events[-1]["t"] if events else None
+    st.events = n
+    st.last_event_time = last_t
     return st
 
 
@@ -250,13 +369,17 @@ def find_experiment_dirs(path: str) -> list[str]:
     """Experiment directories at ``path``: itself if it holds a journal, else its children."""
     fs, root = fsspec.core.url_to_fs(path)
     prefix = path.rstrip("/")
-    if fs.exists(f"{root.rstrip('/')}/{JOURNAL_NAME}"):
+    def holds_journal(d: str) -> bool:
+        d = d.rstrip("/")
+        return fs.exists(f"{d}/{JOURNAL_NAME}") or fs.exists(f"{d}/{CHUNK_DIR}")
+
+    if holds_journal(root):
         return [prefix]
     if not fs.exists(root):
         return []
     found = []
     for entry in sorted(fs.ls(root, detail=False)):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if fs.exists(f"{entry.rstrip('/')}/{JOURNAL_NAME}"):
+        if holds_journal(entry):
             found.append(f"{prefix}/{name}")
     return found

@@ -79,8 +79,7 @@ def open_experiment(spec: ExperimentSpec, components: Components | None = None,
         seed=spec.seed, max_failures=spec.max_failures, fail_fast=spec.fail_fast,
         stoppers=stopper_from_dict(spec.stop.model_dump(), spec.metric),
         trial_timeout_s=spec.timeout_s, resources=dict(spec.resources),
-        max_concurrent=spec.max_concurrent)
-    ctl.replayed = state  # type: ignore[attr-defined]
+        max_concurrent=spec.max_concurrent, replayed=state)
     return ctl
 
 

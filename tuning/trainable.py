@@ -9,7 +9,10 @@ Example:
 
 Inside a trial, ``report`` sends the result to the driver (over the network on Dask and Ray),
 saves the checkpoint under the experiment's storage path, and ends the trial when the driver
-has decided to stop it or the segment has reached its pause point.
+has decided to stop it or the segment has reached its pause point. At a decision point of the
+scheduler (an ASHA milestone, a median-stopping step) ``report`` waits for the decision on the
+result it just sent, a round trip of a few milliseconds, so a STOP lands before the next
+iteration; between decision points results stream without waiting.
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from tuning._checkpoint import load_checkpoint, save_checkpoint
+from tuning._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tuning._trial import ITERATION
 
 __all__ = [
+    "DECISION_TIMEOUT_S",
     "Channel",
     "MetricError",
     "Segment",
+    "SegmentSummary",
     "get_checkpoint",
     "get_trial_id",
     "outside_trial_warning",
     "report",
     "run_segment",
+    "TrialTimeout",
 ]
 
 
@@ -57,9 +63,38 @@ class Segment:
     time_offset_s: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
     timeout_s: float | None = None
+    decide_at: list[float] = field(default_factory=list)  # report() waits for the decision here
+    decide_from: float | None = None  # ... and at every result from here on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def is_decision_point(self, t: float) -> bool:
+        return (self.decide_from is not None and t >= self.decide_from) or t in self.decide_at
+
+
+@dataclass
+class SegmentSummary:
+    """How a segment ended. The results themselves reached the driver as they were reported.
+
+    ``status``: ``returned`` (the trainable returned), ``finished`` (``max_t``), ``paused``,
+    ``stopped`` (the driver's STOP) or ``error``; ``retryable`` is False for errors a retry
+    cannot fix (a metric that is not a number, an unsafe checkpoint, a timeout).
+    """
+
+    status: str
+    trial_id: str
+    segment_id: int
+    last_iteration: int
+    checkpoint: str | None = None
+    checkpoint_iteration: int = 0
+    error: str | None = None
+    retryable: bool = True
+    start_iteration: int = 0
+
+#: how long report() waits at a decision point before going on without an answer (a driver
+#: that is gone or stalled must not hang the cluster; the next report() will see a STOP)
+DECISION_TIMEOUT_S = 60.0
 
 
 class Channel(Protocol):
@@ -72,7 +107,11 @@ class Channel(Protocol):
         """Send one result to the driver (must not block for long)."""
 
     def should_stop(self) -> bool:
-        """Whether the driver asked this trial to stop."""
+        """Whether the driver asked this trial to stop (must not block)."""
+
+    def wait_decision(self, iteration: int, timeout: float) -> bool | None:
+        """Wait for the driver's decision on the result of ``iteration`` (sent with
+        ``"awaits": True``): True to stop, False to go on, None when none came in time."""
 
 
 class _EndSegment(BaseException):
@@ -90,7 +129,6 @@ class _Session:
         self.iteration = segment.start_iteration
         self.checkpoint_url = segment.checkpoint
         self.checkpoint_iteration = segment.start_iteration if segment.checkpoint else 0
-        self.results: list[dict[str, Any]] = []
         self.t0 = self.t_last = time.time()
         self.deadline = self.t0 + segment.timeout_s if segment.timeout_s else None
 
@@ -152,9 +190,19 @@ def report(metrics: dict[str, Any] | None = None, *, checkpoint: dict[str, Any] 
                                            s.iteration)
         s.checkpoint_iteration = s.iteration
         result["checkpoint"] = s.checkpoint_url
-    s.results.append(result)
-    s.channel.send({"type": "result", "trial_id": s.segment.trial_id,
-                    "segment_id": s.segment.segment_id, "result": result})
+    seg = s.segment
+    t = result.get(seg.time_attr)
+    timed = isinstance(t, (int, float)) and not math.isnan(t)
+    ends = timed and ((seg.max_t is not None and t >= seg.max_t)
+                      or (seg.pause_at is not None and t >= seg.pause_at))
+    awaits = timed and not ends and seg.is_decision_point(float(t))
+    message = {"type": "result", "trial_id": seg.trial_id, "segment_id": seg.segment_id,
+               "result": result}
+    if awaits:
+        message["awaits"] = True
+    s.channel.send(message)
+    if awaits and s.channel.wait_decision(s.iteration, DECISION_TIMEOUT_S):
+        raise _EndSegment("stopped")
     _maybe_end(s, result)
 
 
@@ -167,20 +215,21 @@ def _maybe_end(s: _Session, result: dict[str, Any]) -> None:
         if seg.pause_at is not None and t >= seg.pause_at:
             raise _EndSegment("paused")
     if s.deadline is not None and time.time() > s.deadline:
-        raise TimeoutError(f"trial {seg.trial_id} ran past timeout_s={seg.timeout_s}")
+        raise TrialTimeout(f"trial {seg.trial_id} ran past timeout_s={seg.timeout_s}")
     if s.channel.should_stop():
         raise _EndSegment("stopped")
 
 
-def run_segment(trainable: Callable[[dict[str, Any]], Any], segment: Segment,
-                channel: Channel) -> dict[str, Any]:
-    """Run one segment of a trial in this thread; return its summary.
+class TrialTimeout(TimeoutError):
+    """A trial that ran past its ``timeout_s`` (not retried)."""
 
-    The summary holds every result of the segment, so the driver can fill in any streamed
-    message it missed: ``{"status": "returned"|"finished"|"paused"|"stopped"|"error",
-    "results": [...],
-    "checkpoint": url, "checkpoint_iteration": n, "error": traceback}``.
-    """
+
+_NOT_RETRYABLE = (MetricError, CheckpointError, TrialTimeout)
+
+
+def run_segment(trainable: Callable[[dict[str, Any]], Any], segment: Segment,
+                channel: Channel) -> SegmentSummary:
+    """Run one segment of a trial in this thread; return how it ended."""
     override = channel.started(segment)
     if override and override.get("checkpoint") and \
             int(override.get("iteration", 0)) > segment.start_iteration:
@@ -188,16 +237,18 @@ def run_segment(trainable: Callable[[dict[str, Any]], Any], segment: Segment,
         segment.start_iteration = int(override["iteration"])
     s = _Session(segment, channel)
     _local.session = s
-    status, error = "returned", None
+    status, error, retryable = "returned", None, True
     try:
         trainable(dict(segment.config))
     except _EndSegment as end:
         status = end.reason
-    except Exception:  # noqa: BLE001 - the trial's own failure, reported to the driver
+    except Exception as exc:  # noqa: BLE001 - the trial's own failure, reported to the driver
         status, error = "error", traceback.format_exc()
+        retryable = not isinstance(exc, _NOT_RETRYABLE)
     finally:
         _local.session = None
-    return {"status": status, "trial_id": segment.trial_id, "segment_id": segment.segment_id,
-            "results": s.results, "checkpoint": s.checkpoint_url,
-            "checkpoint_iteration": s.checkpoint_iteration, "error": error,
-            "start_iteration": segment.start_iteration}
+    return SegmentSummary(status=status, trial_id=segment.trial_id,
+                          segment_id=segment.segment_id, last_iteration=s.iteration,
+                          checkpoint=s.checkpoint_url, checkpoint_iteration=s.checkpoint_iteration,
+                          error=error, retryable=retryable,
+                          start_iteration=segment.start_iteration)

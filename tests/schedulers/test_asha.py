@@ -153,7 +153,7 @@ def _pause(trial: Trial) -> None:
 
 def test_promote_variant_hand_computed() -> None:
     s = ASHA(max_t=9, reduction_factor=3, variant="promote", metric="acc", mode="max")
-    assert s.synchronous and s.needs_checkpoints
+    assert s.pauses_trials and s.needs_checkpoints
     trials = {}
     assert s.choose_trial_to_run(trials, True) == StartNew()
     a, b, c = _add(s, 3)

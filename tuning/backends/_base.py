@@ -1,60 +1,126 @@
-"""The backend interface: where segments run.
+"""The backend interface: where segments run, and the messages they send back.
 
-A backend takes segments (:class:`tuning.trainable.Segment`) and hands back messages, as plain
-dicts, in the order they happened:
+A backend takes segments (:class:`tuning.trainable.Segment`) and hands back messages, in the
+order they happened:
 
-* ``{"type": "started", "trial_id", "segment_id"}`` — a segment (re)started on a worker; a
-  second ``started`` for the same segment means it was restarted after a worker loss;
-* ``{"type": "result", "trial_id", "segment_id", "result"}`` — one ``report()``;
-* ``{"type": "done", "trial_id", "segment_id", "summary"}`` — the segment ended; ``summary`` is
-  what :func:`tuning.trainable.run_segment` returned (status returned, paused, stopped, error);
-* ``{"type": "lost", "trial_id", "segment_id", "error"}`` — the segment failed outside the
-  trainable (its worker died for good, the cluster refused it).
+* :class:`Started` — a segment (re)started on a worker; a second ``Started`` for the same
+  segment means the cluster restarted it after a worker loss;
+* :class:`Result` — one ``report()``; ``awaits`` when the trial waits for the decision on it
+  (a decision point): the controller answers with :meth:`Backend.decide`;
+* :class:`Done` — the segment ended; its :class:`~tuning.trainable.SegmentSummary` says how;
+* :class:`Lost` — the segment failed outside the trainable (its worker died for good, the
+  cluster refused or cancelled it, the controller killed it).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from tuning.trainable import Segment
+from tuning.trainable import Segment, SegmentSummary
 
-__all__ = ["Backend", "BackendError"]
+__all__ = ["Backend", "BackendError", "Done", "Lost", "Message", "Result", "Started"]
 
 
 class BackendError(RuntimeError):
     """A cluster that cannot be started or reached."""
 
 
+@dataclass(frozen=True)
+class Started:
+    trial_id: str
+    segment_id: int
+    worker: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    trial_id: str
+    segment_id: int
+    result: dict[str, Any] = field(default_factory=dict)
+    awaits: bool = False
+
+
+@dataclass(frozen=True)
+class Done:
+    trial_id: str
+    segment_id: int
+    summary: SegmentSummary
+
+
+@dataclass(frozen=True)
+class Lost:
+    trial_id: str
+    segment_id: int
+    error: str = "worker lost"
+
+
+Message = Started | Result | Done | Lost
+
+
+def message_from_dict(msg: dict[str, Any]) -> Message | None:
+    """A worker's wire message (a plain dict: cheap to send) as a typed message."""
+    kind = msg.get("type")
+    if kind == "result":
+        return Result(msg["trial_id"], msg["segment_id"], msg["result"], bool(msg.get("awaits")))
+    if kind == "started":
+        return Started(msg["trial_id"], msg["segment_id"], msg.get("worker"))
+    return None
+
+
 class Backend:
-    """Base class; see the module docstring for the message protocol."""
+    """Base class; see the module docstring for the messages.
+
+    The controller uses exactly what is declared here, nothing else.
+    """
 
     name = "base"
+    #: a virtual clock (the simulated backend): time is the backend's, not the wall's
+    virtual_clock: bool = False
 
     def start(self) -> None:
         """Provision or connect; raise :class:`BackendError` with a clear message on failure."""
 
     def prepare(self, trainable: Callable[..., Any]) -> None:
-        """Called once before the first submit (and after a restore) with the trainable."""
+        """Called once, before the first submit, with the trainable: ship it to the workers."""
 
     @property
     def slots(self) -> int:
-        """How many segments may run at once."""
+        """How many segments may run at once (cheap: called for every planned segment)."""
         raise NotImplementedError
 
-    def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
+    def submit(self, segment: Segment) -> None:
+        """Start ``segment`` of the prepared trainable."""
         raise NotImplementedError
 
-    def poll(self, timeout: float) -> list[dict[str, Any]]:
+    def poll(self, timeout: float) -> list[Message]:
         """Messages that arrived, waiting up to ``timeout`` seconds for the first one."""
         raise NotImplementedError
 
+    def decide(self, trial_id: str, segment_id: int, iteration: int, stop: bool) -> None:
+        """Answer a :class:`Result` with ``awaits``: the waiting ``report()`` goes on or ends.
+        Must not block the caller (the decision core)."""
+
     def stop(self, trial_id: str) -> None:
-        """Ask a running trial to stop at its next ``report()``."""
+        """Ask a running trial to stop at its next ``report()`` (must not block)."""
+
+    def kill(self, trial_id: str) -> None:
+        """End a trial that does not report (hung): the backend must deliver a :class:`Lost`
+        for its segment. The default can only ask it to stop."""
+        self.stop(trial_id)
 
     def checkpoint_saved(self, trial_id: str, url: str, iteration: int) -> None:
         """The driver saw a new checkpoint: a segment restarted after a worker loss uses it."""
+
+    def segment_finished(self, trial_id: str) -> None:
+        """The controller has handled the segment's end: forget it."""
+
+    def running_trials(self) -> set[str]:
+        """Trials whose segments survive a restart of the driver (restored by
+        :meth:`load_state_dict`); real clusters have none: those trials are resubmitted."""
+        return set()
 
     def clock(self) -> float:
         return time.time()

@@ -2,11 +2,13 @@
 provisioned for the run from any cluster class (dask-cloudprovider, dask-kubernetes, ...).
 
 Results stream to the driver as they are reported: the worker publishes each one with
-``Worker.log_event`` on a topic the driver's client subscribes to. A stop travels the other way
-straight to the worker running the trial (``Client.run`` on that worker sets a flag that
-``report()`` reads, no round trip per report). The latest checkpoint is kept in the scheduler's
-metadata, so a segment the cluster restarts after a worker loss resumes from it. Nothing
-assumes a shared file system between driver and workers.
+``Worker.log_event`` on a topic the driver's client subscribes to. Answers travel the other way
+straight to the worker running the trial: ``Client.run`` of a coroutine on that worker posts
+the decision in the worker's mailbox, where a ``report()`` waiting at a decision point picks
+it up (and any later ``report()`` sees a STOP). The driver never waits for that delivery. The
+trainable is pickled once and handed to every worker by a worker plugin. The latest
+checkpoint is kept in the scheduler's metadata, so a segment the cluster restarts after a
+worker loss resumes from it. Nothing assumes a shared file system between driver and workers.
 """
 
 from __future__ import annotations
@@ -15,12 +17,24 @@ import importlib
 import logging
 import os
 import queue
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tuning.backends._base import Backend, BackendError
-from tuning.trainable import Segment, run_segment
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from tuning.backends._base import (
+    Backend,
+    BackendError,
+    Done,
+    Lost,
+    Message,
+    Started,
+    message_from_dict,
+)
+from tuning.trainable import Segment, SegmentSummary, run_segment
 
 __all__ = ["DaskBackend", "import_object"]
 
@@ -38,14 +52,72 @@ def import_object(path: str) -> Any:
         raise ValueError(f"cannot import {path!r}: {exc}") from None
 
 
-#: worker side: (topic, trial id) pairs the driver asked to stop
-_STOP_FLAGS: set[tuple[str, str]] = set()
+class _Mailbox:
+    """Worker side: the driver's answers for the trials running in this worker process.
+
+    Written by coroutines the driver runs on the worker's event loop (``Client.run``), read by
+    ``report()`` in the trial's thread.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.stops: set[tuple[str, str]] = set()  # (topic, trial id): stop at the next report
+        self.answers: dict[tuple[str, str], tuple[int, bool]] = {}  # -> (iteration, stop)
+        self.trainables: dict[str, Any] = {}  # topic -> the run's trainable
+
+    def post(self, topic: str, trial_id: str, iteration: int | None, stop: bool) -> None:
+        with self.cond:
+            if stop:
+                self.stops.add((topic, trial_id))
+            if iteration is not None:
+                self.answers[(topic, trial_id)] = (iteration, stop)
+            self.cond.notify_all()
+
+    def wait(self, topic: str, trial_id: str, iteration: int, timeout: float) -> bool | None:
+        key = (topic, trial_id)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                got = self.answers.get(key)
+                if got is not None and got[0] >= iteration:
+                    return got[1]
+                if key in self.stops:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def begin(self, topic: str, trial_id: str) -> None:
+        with self.cond:
+            self.stops.discard((topic, trial_id))
+            self.answers.pop((topic, trial_id), None)
 
 
-async def _flag_stop(topic: str, trial_id: str) -> None:
-    """Runs on the worker's event loop (``Client.run``; a coroutine, so the driver need not wait
-    for it): the trial stops at its next ``report()``."""
-    _STOP_FLAGS.add((topic, trial_id))
+_MAILBOX = _Mailbox()
+
+
+async def _post(topic: str, trial_id: str, iteration: int | None, stop: bool) -> None:
+    """Runs on the worker's event loop (``Client.run`` of a coroutine: nobody waits for it)."""
+    _MAILBOX.post(topic, trial_id, iteration, stop)
+
+
+class _TrainablePlugin(WorkerPlugin):
+    """Ships the run's trainable to every worker once, including workers that join later or
+    restart (the scheduler hands plugins to each worker as it registers)."""
+
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.name = f"rungflow-trainable-{topic}"
+
+    def setup(self, worker: Any) -> None:
+        import cloudpickle
+
+        _MAILBOX.trainables[self.topic] = cloudpickle.loads(self.payload)
+
+    def teardown(self, worker: Any) -> None:
+        _MAILBOX.trainables.pop(self.topic, None)
 
 
 class _DaskChannel:
@@ -57,25 +129,35 @@ class _DaskChannel:
         self.worker = get_worker()
         self.topic = topic
         self.trial_id = trial_id
-        _STOP_FLAGS.discard((topic, trial_id))
+        _MAILBOX.begin(topic, trial_id)
 
     def started(self, segment: Segment) -> dict[str, Any] | None:
-        from distributed import get_client
+        """Announce the start; the newest checkpoint the driver saw, for a segment the cluster
+        re-runs after losing its worker (one RPC to the scheduler, no worker client)."""
+        from distributed.utils import sync
 
         self.send({"type": "started", "trial_id": segment.trial_id,
                    "segment_id": segment.segment_id, "worker": self.worker.address,
                    "pid": os.getpid()})
-        return get_client().get_metadata([self.topic, "ckpt", self.trial_id], None)
+        keys = [self.topic, "ckpt", self.trial_id]
+        return sync(self.worker.loop, self.worker.scheduler.get_metadata, keys=keys,
+                    default=None)
 
     def send(self, message: dict[str, Any]) -> None:
         self.worker.log_event(self.topic, message)
 
     def should_stop(self) -> bool:
-        return (self.topic, self.trial_id) in _STOP_FLAGS
+        return (self.topic, self.trial_id) in _MAILBOX.stops
+
+    def wait_decision(self, iteration: int, timeout: float) -> bool | None:
+        return _MAILBOX.wait(self.topic, self.trial_id, iteration, timeout)
 
 
-def _run_on_worker(trainable: Callable[..., Any], segment: dict[str, Any], topic: str) -> dict:
+def _run_on_worker(segment: dict[str, Any], topic: str) -> SegmentSummary:
     seg = Segment(**segment)
+    trainable = _MAILBOX.trainables.get(topic)
+    if trainable is None:
+        raise RuntimeError(f"the trainable of run {topic} never reached this worker")
     return run_segment(trainable, seg, _DaskChannel(topic, seg.trial_id))
 
 
@@ -104,14 +186,14 @@ class DaskBackend(Backend):
         self.cluster: Any = None
         self.client: Any = None
         self.topic = f"rungflow-{uuid.uuid4().hex[:12]}"
-        self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._messages: queue.Queue[Message] = queue.Queue()
         self._futures: dict[str, Any] = {}
-        self._trainable: Any = None
         self._workers: dict[str, str] = {}  # trial id -> address of the worker running it
         self._pending_stops: set[str] = set()
         self._segment_ids: dict[str, int] = {}
         self._cancelled: set[str] = set()
         self._owns_cluster = False
+        self._slots: tuple[float, int] | None = None  # (when counted, slots)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,12 +216,21 @@ class DaskBackend(Backend):
         self.client.subscribe_topic(self.topic, self._on_event)
         self._check_resources()
 
+    def _workers_info(self) -> dict[str, dict[str, Any]]:
+        """Every worker's threads and resources, straight from the scheduler (no cap on the
+        number of workers, whatever the ``distributed`` version)."""
+        def info(dask_scheduler: Any) -> dict[str, dict[str, Any]]:
+            return {addr: {"nthreads": ws.nthreads, "resources": dict(ws.resources)}
+                    for addr, ws in dask_scheduler.workers.items()}
+
+        return self.client.run_on_scheduler(info)
+
     def _check_resources(self) -> None:
         """A trial that needs more than any worker declares would wait forever: refuse it now.
         (An adaptive cluster may have no worker yet; its workers are checked as they come.)"""
         if not self.resources:
             return
-        workers = self.client.scheduler_info().get("workers", {}).values()
+        workers = self._workers_info().values()
         if not workers:
             return
         for key, need in _dask_resources(self.resources).items():
@@ -150,6 +241,7 @@ class DaskBackend(Backend):
                     f"resources.{key.lower()}={need:g}: no worker of this cluster declares that "
                     f"much {key} (the most any worker has: {have:g}); start workers with "
                     f"`--resources {key}=<n>` or ask for less")
+
     def _make_cluster(self) -> Any:
         if self.cluster_class is None:
             from distributed import LocalCluster
@@ -182,18 +274,25 @@ class DaskBackend(Backend):
     # -- capacity --------------------------------------------------------------------------
     @property
     def slots(self) -> int:
+        """Worker threads (or CPU resources over what a trial needs), counted from the
+        scheduler at most once a second: workers that join or leave (``adapt``) count within
+        a second, and planning a segment costs no round trip."""
         if self.max_concurrent:
             return self.max_concurrent
-        if self.adapt and self.adapt.get("maximum"):
-            return int(self.adapt["maximum"]) * int(self.cluster_kwargs.get("worker_nthreads", 1)
-                                                    or 1)
-        info = self.client.scheduler_info()
-        total = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
+        now = time.monotonic()
+        if self._slots is None or now - self._slots[0] > 1.0:
+            self._slots = (now, self._count_slots())
+        return self._slots[1]
+
+    def _count_slots(self) -> int:
+        workers = self._workers_info().values()
+        total = sum(w["nthreads"] for w in workers)
         need = self.resources.get("CPU") or self.resources.get("cpu")
         if need:
-            cpus = sum(w.get("resources", {}).get("CPU", w.get("nthreads", 1))
-                       for w in info.get("workers", {}).values())
+            cpus = sum(w["resources"].get("CPU", w["nthreads"]) for w in workers)
             total = min(total, int(cpus // need)) if cpus else total
+        if not workers and self.adapt and self.adapt.get("minimum", 0) == 0:
+            return 1  # an adaptive cluster scaled to zero: one queued segment wakes it
         return max(total, 1)
 
     def describe(self) -> dict[str, Any]:
@@ -208,76 +307,100 @@ class DaskBackend(Backend):
 
     # -- segments --------------------------------------------------------------------------
     def prepare(self, trainable: Callable[..., Any]) -> None:
-        self._trainable = trainable
+        """Pickle the trainable once and hand it to every worker, now and as they join."""
+        import cloudpickle
 
-    def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
-        self._workers.pop(segment.trial_id, None)
-        self._pending_stops.discard(segment.trial_id)
+        payload = cloudpickle.dumps(trainable)
+        self.client.register_plugin(_TrainablePlugin(self.topic, payload),
+                                    name=f"rungflow-trainable-{self.topic}")
+
+    def submit(self, segment: Segment) -> None:
+        tid = segment.trial_id
+        self._workers.pop(tid, None)
+        self._pending_stops.discard(tid)
         if segment.checkpoint:
-            self.client.set_metadata([self.topic, "ckpt", segment.trial_id],
-                                     {"checkpoint": segment.checkpoint,
-                                      "iteration": segment.start_iteration})
-        fut = self.client.submit(_run_on_worker, trainable, segment.to_dict(), self.topic,
-                                 key=f"{segment.trial_id}-seg{segment.segment_id}-{self.topic}",
+            self._set_checkpoint(tid, segment.checkpoint, segment.start_iteration)
+        fut = self.client.submit(_run_on_worker, segment.to_dict(), self.topic,
+                                 key=f"{tid}-seg{segment.segment_id}-{self.topic}",
                                  pure=False, resources=_dask_resources(segment.resources))
-        self._futures[segment.trial_id] = fut
-        self._segment_ids[segment.trial_id] = segment.segment_id
+        self._futures[tid] = fut
+        self._segment_ids[tid] = segment.segment_id
         fut.add_done_callback(lambda f, s=segment: self._on_done(f, s))
 
     def _on_event(self, event: tuple[float, Any]) -> None:
-        _, msg = event
-        if not isinstance(msg, dict):
+        _, raw = event
+        if not isinstance(raw, dict):
             return
-        if msg.get("type") == "started":  # where the trial runs now (also after a restart)
-            tid = msg["trial_id"]
-            self._workers[tid] = msg["worker"]
-        self._messages.put(msg)
+        msg = message_from_dict(raw)
+        if isinstance(msg, Started):  # where the trial runs now (also after a restart)
+            self._workers[msg.trial_id] = msg.worker or ""
+            if msg.trial_id in self._pending_stops:  # a stop asked before it (re)started
+                self._post(msg.trial_id, None, True)
+        if msg is not None:
+            self._messages.put(msg)
 
     def _on_done(self, fut: Any, segment: Segment) -> None:
-        base = {"trial_id": segment.trial_id, "segment_id": segment.segment_id}
+        tid, sid = segment.trial_id, segment.segment_id
         if fut.cancelled():
             if fut.key not in self._cancelled:  # not by us: the cluster dropped the task
-                self._messages.put({**base, "type": "lost",
-                                    "error": "the cluster cancelled the task (lost client or "
-                                             "worker)"})
+                self._messages.put(Lost(tid, sid, "the cluster cancelled the task (lost client "
+                                                  "or worker)"))
             return
         try:
             summary = fut.result()
         except Exception as exc:  # noqa: BLE001 - the worker died or the task was refused
-            self._messages.put({**base, "type": "lost", "error": f"{type(exc).__name__}: {exc}"})
+            self._messages.put(Lost(tid, sid, f"{type(exc).__name__}: {exc}"))
             return
-        self._messages.put({**base, "type": "done", "summary": summary})
+        self._messages.put(Done(tid, sid, summary))
 
-    def poll(self, timeout: float) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def poll(self, timeout: float) -> list[Message]:
+        out: list[Message] = []
         try:
-            out.append(self._messages.get(timeout=timeout))
+            out.append(self._messages.get(timeout=timeout) if timeout > 0
+                       else self._messages.get_nowait())
         except queue.Empty:
             return out
         while True:
             try:
                 out.append(self._messages.get_nowait())
             except queue.Empty:
-                break
-        for msg in out:  # a stop asked before the trial (re)started reaches it now
-            if msg["type"] == "started" and msg["trial_id"] in self._pending_stops:
-                self._send_stop(msg["trial_id"])
-        return out
+                return out
+
+    def decide(self, trial_id: str, segment_id: int, iteration: int, stop: bool) -> None:
+        if stop:
+            self._pending_stops.add(trial_id)
+        self._post(trial_id, iteration, stop)
 
     def stop(self, trial_id: str) -> None:
         self._pending_stops.add(trial_id)  # kept: a restarted segment is stopped too
         if trial_id in self._workers:
-            self._send_stop(trial_id)
+            self._post(trial_id, None, True)
 
-    def _send_stop(self, trial_id: str) -> None:
-        if self.client is None:
+    def _post(self, trial_id: str, iteration: int | None, stop: bool) -> None:
+        """Run :func:`_post` on the trial's worker without waiting: the client's event loop
+        sends it (scheduler, then worker), the caller goes on at once."""
+        worker = self._workers.get(trial_id)
+        client = self.client
+        if client is None or not worker:
             return
-        try:
-            self.client.run(_flag_stop, self.topic, trial_id, workers=[self._workers[trial_id]],
-                            wait=False)
-        except Exception as exc:  # noqa: BLE001 - the worker may be gone; a restart re-sends
-            log.warning("stop of %s not delivered to %s: %s", trial_id,
-                        self._workers.get(trial_id), exc)
+
+        async def send() -> None:
+            try:
+                await client._run(_post, self.topic, trial_id, iteration, stop, workers=[worker],
+                                  wait=False, on_error="ignore")
+            except Exception as exc:  # noqa: BLE001 - the worker may be gone; a restart re-sends
+                log.warning("answer to %s not delivered to %s: %s", trial_id, worker, exc)
+
+        client.loop.add_callback(send)
+
+    def _set_checkpoint(self, trial_id: str, url: str, iteration: int) -> None:
+        """Keep the newest checkpoint in the scheduler's metadata, without waiting."""
+        client = self.client
+        if client is None:
+            return
+        keys = [self.topic, "ckpt", trial_id]
+        value = {"checkpoint": url, "iteration": iteration}
+        client.loop.add_callback(client.scheduler.set_metadata, keys=keys, value=value)
 
     def kill(self, trial_id: str) -> None:
         """End a trial that does not report (hung): forget its task, restart its worker."""
@@ -286,21 +409,20 @@ class DaskBackend(Backend):
         if fut is not None:
             self._cancelled.add(fut.key)
             fut.cancel()
-            self._messages.put({"type": "lost", "trial_id": trial_id,
-                                "segment_id": self._segment_ids.get(trial_id),
-                                "error": "killed after timeout_s"})
-        if worker is not None and self.client is not None:
+            self._messages.put(Lost(trial_id, self._segment_ids.get(trial_id, -1),
+                                    "killed after timeout_s"))
+        if worker and self.client is not None:
             try:
                 self.client.restart_workers([worker], raise_for_error=False)
             except Exception as exc:  # noqa: BLE001 - a worker without a nanny cannot restart
                 log.warning("could not restart worker %s running %s: %s", worker, trial_id, exc)
 
     def checkpoint_saved(self, trial_id: str, url: str, iteration: int) -> None:
-        self.client.set_metadata([self.topic, "ckpt", trial_id],
-                                 {"checkpoint": url, "iteration": iteration})
+        self._set_checkpoint(trial_id, url, iteration)
 
     def segment_finished(self, trial_id: str) -> None:
         self._futures.pop(trial_id, None)
+        self._segment_ids.pop(trial_id, None)
 
 
 def _local_resources(n_workers: int) -> dict[str, float]:
@@ -315,14 +437,21 @@ def _local_resources(n_workers: int) -> dict[str, float]:
 
 
 def _cuda_device_count() -> int:
-    try:
-        import torch
-    except ImportError:
+    """CUDA devices, counted without importing torch (seconds) where nvidia-smi answers."""
+    import shutil
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
         return 0
     try:
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - a broken driver counts as no GPU
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
         return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
 def _dask_resources(resources: dict[str, float]) -> dict[str, float] | None:

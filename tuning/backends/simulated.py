@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from tuning._trial import ITERATION
-from tuning.backends._base import Backend
-from tuning.trainable import Segment
+from tuning.backends._base import Backend, Done, Message, Result, Started
+from tuning.trainable import Segment, SegmentSummary
 
 __all__ = [
     "CrossingCurves",
@@ -143,11 +143,18 @@ class _Running:
     state: dict[str, Any]
     iteration: int
     started_at: float
-    stop_requested: bool = False
+    stop_requested: bool = False  # seen after the next iteration
+    stop_now: bool = False  # a STOP at a decision point: no further iteration
+    gen: int = 0  # heap entries of an older generation are stale
 
 
 class SimulatedBackend(Backend):
-    """Runs :class:`SimulatedTrainable` curves on ``n_workers`` virtual workers."""
+    """Runs :class:`SimulatedTrainable` curves on ``n_workers`` virtual workers.
+
+    A STOP answering a decision point (:meth:`decide`) ends the segment at once, before its
+    next iteration, as ``report()`` does on Dask and Ray; a STOP sent otherwise
+    (:meth:`stop`) is seen after the next iteration, as a running trial sees it.
+    """
 
     name = "simulated"
     virtual_clock = True
@@ -158,7 +165,7 @@ class SimulatedBackend(Backend):
         self.n_workers = n_workers
         self.time_scale = time_scale  # > 0: sleep time_scale real seconds per virtual second
         self.now = 0.0
-        self._heap: list[tuple[float, int, str]] = []
+        self._heap: list[tuple[float, int, str, int]] = []
         self._running: dict[str, _Running] = {}
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self._trainable: SimulatedTrainable | None = None
@@ -180,8 +187,8 @@ class SimulatedBackend(Backend):
                             f"{type(trainable).__name__}")
         self._trainable = trainable
 
-    def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
-        self.prepare(trainable)
+    def submit(self, segment: Segment) -> None:
+        trainable = self._curves()
         if segment.checkpoint is not None:
             state = dict(self._checkpoints[segment.checkpoint])
         else:
@@ -189,54 +196,76 @@ class SimulatedBackend(Backend):
         self._running[segment.trial_id] = _Running(segment, state, segment.start_iteration, self.now)
         self._schedule(segment.trial_id, segment.config)
 
-    def _schedule(self, trial_id: str, config: dict[str, Any]) -> None:
+    def _curves(self) -> SimulatedTrainable:
+        if self._trainable is None:
+            raise RuntimeError("SimulatedBackend.submit before prepare()")
+        return self._trainable
+
+    def _schedule(self, trial_id: str, config: dict[str, Any], delay: float | None = None) -> None:
         run = self._running[trial_id]
-        assert self._trainable is not None
-        _, _, cost = self._trainable.step(dict(run.state), config, run.iteration + 1)
+        if delay is None:
+            _, _, delay = self._curves().step(dict(run.state), config, run.iteration + 1)
         self._tiebreak += 1
-        heapq.heappush(self._heap, (self.now + cost, self._tiebreak, trial_id))
+        run.gen += 1
+        heapq.heappush(self._heap, (self.now + delay, self._tiebreak, trial_id, run.gen))
 
     def stop(self, trial_id: str) -> None:
         if trial_id in self._running:
             self._running[trial_id].stop_requested = True
 
-    def poll(self, timeout: float) -> list[dict[str, Any]]:
-        if not self._heap:
-            return []
-        when, _, trial_id = heapq.heappop(self._heap)
-        if self.time_scale > 0:
-            import time
+    def decide(self, trial_id: str, segment_id: int, iteration: int, stop: bool) -> None:
+        run = self._running.get(trial_id)
+        if stop and run is not None and run.segment.segment_id == segment_id:
+            run.stop_now = True
+            self._schedule(trial_id, run.segment.config, delay=0.0)  # ends now, untrained
 
-            time.sleep(max(0.0, when - self.now) * self.time_scale)
-        self.now = when
-        return self._advance(trial_id)
+    def poll(self, timeout: float) -> list[Message]:
+        while self._heap:
+            when, _, trial_id, gen = heapq.heappop(self._heap)
+            run = self._running.get(trial_id)
+            if run is None or run.gen != gen:
+                continue  # superseded by a STOP at a decision point
+            if self.time_scale > 0:
+                import time
 
-    def _advance(self, trial_id: str) -> list[dict[str, Any]]:
-        run = self._running[trial_id]
-        seg, trainable = run.segment, self._trainable
-        assert trainable is not None
-        out: list[dict[str, Any]] = []
+                time.sleep(max(0.0, when - self.now) * self.time_scale)
+            self.now = when
+            return self._advance(run)
+        return []
+
+    def _advance(self, run: _Running) -> list[Message]:
+        seg, trainable = run.segment, self._curves()
+        trial_id = seg.trial_id
+        out: list[Message] = []
         if run.iteration == seg.start_iteration:
-            out.append({"type": "started", "trial_id": trial_id, "segment_id": seg.segment_id})
+            out.append(Started(trial_id, seg.segment_id))
+        if run.stop_now:
+            return out + [self._end(run, "stopped")]
         run.state, metrics, _ = trainable.step(run.state, seg.config, run.iteration + 1)
         run.iteration += 1
         url = f"sim://{trial_id}/{run.iteration}"
         self._checkpoints[url] = dict(run.state)
         result = {**metrics, ITERATION: run.iteration, "time_total_s": self.now - run.started_at
                   + seg.time_offset_s, "checkpoint": url}
-        out.append({"type": "result", "trial_id": trial_id, "segment_id": seg.segment_id,
-                    "result": result})
+        t = result.get(seg.time_attr, 0)
+        awaits = seg.is_decision_point(float(t)) and self._segment_status(run, result,
+                                                                          trainable) is None
+        out.append(Result(trial_id, seg.segment_id, result, awaits))
         status = self._segment_status(run, result, trainable)
         if status is None:
             self._schedule(trial_id, seg.config)
             return out
-        del self._running[trial_id]
-        summary = {"status": status, "trial_id": trial_id, "segment_id": seg.segment_id,
-                   "results": [], "checkpoint": url, "checkpoint_iteration": run.iteration,
-                   "error": None, "start_iteration": seg.start_iteration}
-        out.append({"type": "done", "trial_id": trial_id, "segment_id": seg.segment_id,
-                    "summary": summary})
-        return out
+        return out + [self._end(run, status)]
+
+    def _end(self, run: _Running, status: str) -> Done:
+        seg = run.segment
+        del self._running[seg.trial_id]
+        url = f"sim://{seg.trial_id}/{run.iteration}" if run.iteration else seg.checkpoint
+        summary = SegmentSummary(status=status, trial_id=seg.trial_id,
+                                 segment_id=seg.segment_id, last_iteration=run.iteration,
+                                 checkpoint=url, checkpoint_iteration=run.iteration,
+                                 start_iteration=seg.start_iteration)
+        return Done(seg.trial_id, seg.segment_id, summary)
 
     @staticmethod
     def _segment_status(run: _Running, result: dict[str, Any],
@@ -257,19 +286,21 @@ class SimulatedBackend(Backend):
         return {"now": self.now, "tiebreak": self._tiebreak, "heap": [list(h) for h in self._heap],
                 "running": {k: {"segment": r.segment.to_dict(), "state": r.state,
                                 "iteration": r.iteration, "started_at": r.started_at,
-                                "stop_requested": r.stop_requested}
+                                "stop_requested": r.stop_requested, "stop_now": r.stop_now,
+                                "gen": r.gen}
                             for k, r in self._running.items()},
                 "checkpoints": self._checkpoints}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.now, self._tiebreak = state["now"], state["tiebreak"]
-        self._heap = [tuple(h) for h in state["heap"]]  # type: ignore[misc]
+        self._heap = [(float(h[0]), int(h[1]), str(h[2]), int(h[3]) if len(h) > 3 else 0)
+                      for h in state["heap"]]
         heapq.heapify(self._heap)
         self._running = {k: _Running(Segment(**r["segment"]), r["state"], r["iteration"],
-                                     r["started_at"], r["stop_requested"])
+                                     r["started_at"], r["stop_requested"],
+                                     bool(r.get("stop_now")), int(r.get("gen", 0)))
                          for k, r in state["running"].items()}
         self._checkpoints = dict(state["checkpoints"])
 
-    @property
-    def running(self) -> set[str]:
+    def running_trials(self) -> set[str]:
         return set(self._running)

@@ -9,7 +9,14 @@ Example:
 from __future__ import annotations
 
 from tuning.schedulers._asha import ASHA
-from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew, Suggestion
+from tuning.schedulers._base import (
+    Decision,
+    DecisionPoints,
+    Resume,
+    Scheduler,
+    StartNew,
+    Suggestion,
+)
 from tuning.schedulers._bohb import BOHB
 from tuning.schedulers._factory import SCHEDULER_TYPES, make_scheduler, scheduler_settings
 from tuning.schedulers._fifo import FIFO
@@ -24,6 +31,7 @@ __all__ = [
     "PBT",
     "SCHEDULER_TYPES",
     "Decision",
+    "DecisionPoints",
     "HyperBand",
     "MedianStopping",
     "Resume",

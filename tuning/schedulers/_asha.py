@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from tuning._trial import ITERATION, Status, Trial
-from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew, Suggestion
+from tuning.schedulers._base import (
+    Decision,
+    DecisionPoints,
+    Resume,
+    Scheduler,
+    StartNew,
+    Suggestion,
+)
 from tuning.schedulers._common import (
     Number,
     as_rung,
@@ -146,7 +153,7 @@ class ASHA(Scheduler):
             raise ValueError(f"brackets must be <= {n} (the number of milestones for max_t={max_t}, "
                              f"grace_period={grace_period}, reduction_factor={reduction_factor}), "
                              f"got {brackets}")
-        self.synchronous = self.variant == "promote"
+        self.pauses_trials = self.variant == "promote"
         self.needs_checkpoints = self.variant == "promote"
         self._milestones = [self._bracket_milestones(s) for s in range(self.brackets)]
         self._reset()
@@ -233,6 +240,14 @@ class ASHA(Scheduler):
             return None
         m = self._milestones[self._bracket_of(trial)][k]
         return as_rung(m) if m < self.max_t else None
+
+    def decision_points(self, trial: Trial) -> DecisionPoints:
+        """The stop variant decides at each milestone of the trial's bracket below ``max_t``
+        (at ``max_t`` the segment ends by itself); the promote variant pauses there instead."""
+        if self.variant != "stop":
+            return DecisionPoints()
+        ms = self._milestones[self._bracket_of(trial)]
+        return DecisionPoints(at=tuple(float(m) for m in ms if m < self.max_t))
 
     def choose_trial_to_run(self, trials: Mapping[str, Trial], can_start_new: bool) -> Suggestion | None:
         if self.variant == "stop":

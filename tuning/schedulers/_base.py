@@ -13,7 +13,8 @@ from tuning._recorded import RecordsArgs
 from tuning._trial import ITERATION, Status, Trial
 from tuning.space import Space
 
-__all__ = ["Decision", "Resume", "Scheduler", "StartNew", "Suggestion", "check_mode"]
+__all__ = ["Decision", "DecisionPoints", "Resume", "Scheduler", "StartNew", "Suggestion",
+           "check_mode"]
 
 
 class Decision(str, Enum):
@@ -52,6 +53,33 @@ class Resume:
 Suggestion = StartNew | Resume
 
 
+@dataclass(frozen=True)
+class DecisionPoints:
+    """Where a running trial's ``report()`` waits for the scheduler's decision.
+
+    ``at``: resource values (``time_attr``) at which a decision falls (ASHA's milestones);
+    ``every_from``: every result at or past this value is decided (median stopping after its
+    grace period). Between decision points results stream to the driver without waiting, so a
+    STOP lands before the next iteration without a round trip per report.
+
+    Example:
+        >>> p = DecisionPoints(at=(1, 3, 9))
+        >>> [p.contains(t) for t in (1, 2, 3)]
+        [True, False, True]
+        >>> DecisionPoints(every_from=5).contains(7)
+        True
+    """
+
+    at: tuple[float, ...] = ()
+    every_from: float | None = None
+
+    def contains(self, t: float) -> bool:
+        return (self.every_from is not None and t >= self.every_from) or t in self.at
+
+    def __bool__(self) -> bool:
+        return bool(self.at) or self.every_from is not None
+
+
 def check_mode(mode: str) -> str:
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -70,22 +98,23 @@ class Scheduler(RecordsArgs):
       ``None`` (nothing to run now: wait for more results).
     * Decisions are a deterministic function of the results shown and ``self.rng``.
     * ``state_dict()`` is JSON-able; ``load_state_dict(state)`` restores it exactly.
-    * Synchronous schedulers (HyperBand, BOHB) decide at a rung that some PAUSED trials will
+    * Schedulers that pause trials at rungs (HyperBand, BOHB) decide at a rung that some PAUSED trials will
       never resume: :meth:`trials_to_stop` names them, and the controller STOPs them.
     * Schedulers that build configs themselves (PBT, BOHB) read the experiment's search space,
       given once through :meth:`set_search_space`.
 
     The controller calls, in this order: ``set_objective`` and ``set_search_space`` before the
     first trial (and, on resume, before ``load_state_dict``); then ``choose_trial_to_run`` per
-    free slot, ``on_trial_add`` per new trial, ``pause_at`` at each segment start, ``on_result``
+    free slot, ``on_trial_add`` per new trial, ``pause_at`` and ``decision_points`` at each segment start, ``on_result``
     per result, ``on_trial_complete``/``on_trial_error`` when a trial ends, and
     ``trials_to_stop`` after each batch of those hooks (before choosing again).
     """
 
     #: whether pausing/resuming needs the trainable to report checkpoints
     needs_checkpoints: bool = False
-    #: whether trials pause at milestones (synchronous) rather than run on
-    synchronous: bool = False
+    #: whether the scheduler pauses trials (HyperBand, PBT, ASHA's promote variant) rather than
+    #: only letting them run on or stopping them
+    pauses_trials: bool = False
 
     def __init__(self, *, metric: str | None = None, mode: str | None = None,
                  time_attr: str = ITERATION, seed: int | None = None) -> None:
@@ -135,6 +164,15 @@ class Scheduler(RecordsArgs):
         ``result[time_attr] >= pause_at``.
         """
         return None
+
+    def decision_points(self, trial: Trial) -> DecisionPoints:
+        """Where a running segment of ``trial`` waits for the decision on its result.
+
+        A pause point (:meth:`pause_at`) needs none: the segment ends there and the decision
+        is taken while the trial is paused. The default, for schedulers that never stop a
+        running trial (FIFO), is none.
+        """
+        return DecisionPoints()
 
     def choose_trial_to_run(self, trials: Mapping[str, Trial], can_start_new: bool) -> Suggestion | None:
         for trial in trials.values():

@@ -177,7 +177,7 @@ class HyperBand(Scheduler):
         [(9, 3, 1), (5, 1), (3,)]
     """
 
-    synchronous = True
+    pauses_trials = True
     needs_checkpoints = True
 
     def __init__(self, max_t: float = 81, grace_period: float = 1, reduction_factor: int = 3, *,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tuning._trial import ITERATION, Trial
-from tuning.schedulers._base import Decision, Scheduler
+from tuning.schedulers._base import Decision, DecisionPoints, Scheduler
 from tuning.schedulers._common import check_int, check_number, decode_float, encode_float
 
 __all__ = ["MedianStopping", "median_stops", "running_mean_at"]
@@ -119,6 +119,10 @@ class MedianStopping(Scheduler):
                   if tid != trial.trial_id and tid not in self._errored and h.times[-1] >= t]
         stop = median_stops(history.best, others, self.min_samples_required)
         return Decision.STOP if stop else Decision.CONTINUE
+
+    def decision_points(self, trial: Trial) -> DecisionPoints:
+        """Every result from the grace period on may stop the trial."""
+        return DecisionPoints(every_from=float(self.grace_period))
 
     def on_trial_error(self, trial: Trial) -> None:
         self._errored.add(trial.trial_id)

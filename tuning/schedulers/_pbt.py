@@ -167,7 +167,7 @@ class PBT(Scheduler):
         2
     """
 
-    synchronous = True
+    pauses_trials = True
     needs_checkpoints = True
 
     def __init__(self, perturbation_interval: float,

@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tuning._trial import ITERATION, Status, Trial
+from tuning._trial import ITERATION, Status
 
 __all__ = ["MlflowTracker", "check_tracking_uri", "run_name", "use_sqlite_wal"]
 
@@ -129,6 +129,7 @@ class MlflowTracker:
         self._outq: Any = None
         self._error: Exception | None = None
         self._batches: dict[str, dict[str, list[Any]]] = {}
+        self.board: dict[str, dict[str, Any]] = {}  # trial id -> status, last metric, config
 
     # -- opening ---------------------------------------------------------------------------
     def open(self, parent_run_id: str | None = None) -> str:
@@ -178,14 +179,6 @@ class MlflowTracker:
             self.logged_step[tid] = max((m.step for m in hist), default=0)
 
     # -- projection ------------------------------------------------------------------------
-    def apply(self, events: Iterable[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
-        """Write a batch of committed journal events (in this thread)."""
-        configs = {tid: dict(t.config) for tid, t in trials.items()}
-        self._apply(list(events), configs)
-        for ev in events:
-            if ev["event"] == "finished":
-                self.finish(trials, ev)
-
     def open_async(self, parent_run_id: str | None = None,
                    catch_up: list[Mapping[str, Any]] | None = None,
                    configs: Mapping[str, dict[str, Any]] | None = None) -> None:
@@ -213,7 +206,7 @@ class MlflowTracker:
         args = (self.uri, self.experiment, self.run_name, self.metric, self.mode,
                 self.parent_params, self.tags)
         self._proc = ctx.Process(target=_writer_main, args=(args, self._inq, self._outq),
-                                 name="rungflow-mlflow", daemon=True)
+                                 name="rungflow-mlflow", daemon=False)
         self._proc.start()
 
     def _send(self, msg: tuple[Any, ...]) -> None:
@@ -223,12 +216,13 @@ class MlflowTracker:
             assert self._queue is not None
             self._queue.put(msg)
 
-    def apply_async(self, events: list[Mapping[str, Any]], trials: Mapping[str, Trial]) -> None:
+    def apply_async(self, events: list[Mapping[str, Any]]) -> None:
         """Queue a batch for the background writer: the tuning loop does not wait on MLflow.
-        Events carry everything written, so later changes to ``trials`` do not race."""
+        Events carry everything written (a trial's config comes with its ``trial_created`` and
+        ``segment_started`` events), so nothing here reads the live trial table."""
         self._start_writer()
-        configs = {ev["trial_id"]: dict(trials[ev["trial_id"]].config) for ev in events
-                   if ev.get("trial_id") in trials and ev["trial_id"] not in self.runs}
+        configs = {ev["trial_id"]: dict(ev["config"]) for ev in events
+                   if ev["event"] in ("trial_created", "segment_started") and ev.get("config")}
         self._send(("apply", list(events), configs))
 
     def flush(self, timeout_s: float = 600.0) -> None:
@@ -247,12 +241,16 @@ class MlflowTracker:
             err, self._error = self._error, None
             raise err
 
-    def close(self) -> None:
-        """Stop the writer process (after a final flush)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the writer after what is queued (the plots, say). ``wait=False`` returns at
+        once: the writer is not a daemon, so the interpreter waits for it at exit."""
         if self._proc is not None:
             self._inq.put(("stop",))
-            self._proc.join(timeout=30)
+            if wait:
+                self._proc.join(timeout=60)
             self._proc = None
+        elif self._queue is not None and wait:
+            self._queue.join()
 
     def writer_state(self) -> dict[str, Any]:
         return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
@@ -277,6 +275,8 @@ class MlflowTracker:
                 self._apply(msg[2], msg[3])
             elif msg[0] == "apply":
                 self._apply(msg[1], msg[2])
+            elif msg[0] == "plots":
+                self._plots(msg[1], msg[2])
         except Exception as exc:  # noqa: BLE001 - handed to the loop at flush()
             import traceback
 
@@ -297,6 +297,7 @@ class MlflowTracker:
         ended: dict[str, Mapping[str, Any]] = {}
         for ev in events:
             kind, tid = ev["event"], ev.get("trial_id")
+            self._note(ev)
             if kind == "trial_created":  # the run is created with its first result or end
                 self.configs.setdefault(tid, dict(ev["config"]))
             elif kind == "segment_started" and tid in self.runs and \
@@ -317,6 +318,28 @@ class MlflowTracker:
         self._flush_batches()
         for tid, ev in ended.items():
             self._trial_closed(tid, ev)
+        for ev in events:
+            if ev["event"] == "finished":
+                self.finish(ev)
+
+    def _note(self, ev: Mapping[str, Any]) -> None:
+        """The writer's own small table of trials (last metric, status): the leaderboard and
+        the best trial at the end come from it, not from the driver's memory."""
+        kind, tid = ev["event"], ev.get("trial_id")
+        if kind == "trial_created":
+            self.board[tid] = {"trial_id": tid, "status": "PENDING", self.metric: None,
+                               "iterations": 0, "config": dict(ev["config"])}
+        elif tid not in self.board:
+            return
+        elif kind == "result":
+            row, v = self.board[tid], ev["result"].get(self.metric)
+            row["iterations"] = int(ev["result"][ITERATION])
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                row[self.metric] = float(v)
+        elif kind == "trial_status":
+            self.board[tid]["status"] = ev["status"]
+        elif kind == "segment_started" and ev.get("config"):
+            self.board[tid]["config"] = dict(ev["config"])
 
     def _queued(self, run_id: str) -> dict[str, list[Any]]:
         return self._batches.setdefault(run_id, {"metrics": [], "params": [], "tags": []})
@@ -415,7 +438,7 @@ class MlflowTracker:
         self.client.log_batch(run_id, metrics=metrics or [], params=params or [], tags=tags or [])
 
     # -- the end ---------------------------------------------------------------------------
-    def finish(self, trials: Mapping[str, Trial], event: Mapping[str, Any]) -> None:
+    def finish(self, event: Mapping[str, Any]) -> None:
         """Tag the best trial, write the leaderboard on the parent, end the parent run."""
         best = event.get("best_trial")
         assert self.parent_run_id is not None
@@ -424,14 +447,33 @@ class MlflowTracker:
             self._log_batch(self.runs[best], tags=[RunTag("rungflow.best", "true")])
             tags.append(RunTag("rungflow.best_trial", best))
             tags.append(RunTag("rungflow.best_run_id", self.runs[best]))
-            last = trials[best].last_result or {}
-            if isinstance(last.get(self.metric), (int, float)):
+            value = self.board.get(best, {}).get(self.metric)
+            if value is not None:
                 self._log_batch(self.parent_run_id, metrics=[Metric(
-                    f"best_{self.metric}", float(last[self.metric]), int(time.time() * 1000), 0)])
+                    f"best_{self.metric}", float(value), int(time.time() * 1000), 0)])
         self._log_batch(self.parent_run_id, tags=tags)
-        self.client.log_dict(self.parent_run_id, _leaderboard(trials, self.metric, self.mode),
-                             "leaderboard.json")
+        self.client.log_dict(self.parent_run_id, self.leaderboard(), "leaderboard.json")
         self.client.set_terminated(self.parent_run_id, "FINISHED")
+
+    def leaderboard(self) -> list[dict[str, Any]]:
+        sign = -1 if self.mode == "max" else 1
+        m = self.metric
+        return sorted(self.board.values(), key=lambda r: (r[m] is None, sign * (r[m] or 0)))
+
+    def plots_async(self, experiment_dir: str, out_dir: str) -> None:
+        """Draw the plots from the journal and attach them to the parent run, in the writer:
+        off the run's critical path."""
+        self._send(("plots", experiment_dir, out_dir))
+
+    def _plots(self, experiment_dir: str, out_dir: str) -> None:
+        from tuning.experiment import Journal, replay
+        from tuning.plots import all_plots
+
+        journal = Journal(experiment_dir)
+        st = replay(journal.iter_events())
+        decisions = [e for e in journal.iter_events() if e["event"] == "decision"]
+        paths = all_plots(st.trials, self.metric, self.mode, decisions, out_dir)
+        self.log_files(paths, "plots")
 
 
 def _writer_main(args: tuple[Any, ...], inq: Any, outq: Any) -> None:
@@ -447,16 +489,24 @@ def _writer_main(args: tuple[Any, ...], inq: Any, outq: Any) -> None:
         tracker._handle(msg)
 
 
-def _leaderboard(trials: Mapping[str, Trial], metric: str, mode: str) -> list[dict[str, Any]]:
-    rows = []
-    for t in trials.values():
-        last = (t.last_result or {}).get(metric)
-        rows.append({"trial_id": t.trial_id, "status": str(t.status), metric: last,
-                     "iterations": t.iteration, "config": t.config})
-    sign = -1 if mode == "max" else 1
-    return sorted(rows, key=lambda r: (r[metric] is None, sign * (r[metric] or 0)))
-
-
 def _param(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return s[:6000]
+
+
+def replay_events(journal: Any) -> list[dict[str, Any]]:
+    """A resumed run's catch-up for MLflow: the trial events the journal committed (up to its
+    last state snapshot), streamed from the journal."""
+    keep = {"trial_created", "result", "trial_status", "failure", "segment_started"}
+    out: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    for ev in journal.iter_events():
+        kind = ev["event"]
+        if kind == "run_started":
+            pending.clear()
+        elif kind in ("state", "finished"):
+            out.extend(pending)
+            pending.clear()
+        elif kind in keep:
+            pending.append(ev)
+    return out
