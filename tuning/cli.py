@@ -1,15 +1,20 @@
 """``rungflow run|resume|status|best|ls``.
 
-Exit codes: 0 done, 1 the run failed, 2 bad input (the message names the field).
+Exit codes: 0 done, 1 the run failed, 2 bad input (the message names the field). Errors are
+one ``rungflow: error: ...`` line on stderr; Prefect's logs and tracebacks are shown only with
+``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +24,12 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rungflow", description="Hyperparameter tuning as Prefect "
                                 "flows: ASHA, HyperBand, PBT, BOHB on Dask or Ray, in MLflow.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", "-v", action="store_true",
+                        help="show Prefect's logs, warnings and tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the experiment described by a YAML file")
+    run = sub.add_parser("run", help="run the experiment described by a YAML file",
+                         parents=[common])
     run.add_argument("spec", help="experiment YAML file")
     run.add_argument("--name", help="override the experiment name")
     run.add_argument("--run-name", help="name this run (default: <name>-<flow run id>)")
@@ -29,12 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-samples", type=int, help="override num_samples")
     run.add_argument("--backend", help="override backend, as JSON or a preset YAML file")
     run.add_argument("--quiet", "-q", action="store_true", help="no live view")
-    res = sub.add_parser("resume", help="continue an interrupted experiment")
+    res = sub.add_parser("resume", help="continue an interrupted experiment", parents=[common])
     res.add_argument("path", help="the run's directory, or a storage path holding one run")
     res.add_argument("--quiet", "-q", action="store_true")
     for name, text in (("status", "finished, running or interrupted?"),
                        ("best", "the best trial"), ("ls", "the trials")):
-        c = sub.add_parser(name, help=text)
+        c = sub.add_parser(name, help=text, parents=[common])
         c.add_argument("path", nargs="?" if name == "ls" else None, default=".",
                        help="a run directory or a storage path")
         c.add_argument("--json", action="store_true", help="machine-readable output")
@@ -45,24 +54,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     sys.path.insert(0, os.getcwd())  # trainables named relative to the project, like pytest
     args = _parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    _quiet_prefect(verbose)
     from tuning.backends import BackendError
+    from tuning.results import NoResultError
     from tuning.spec import SpecError
 
     try:
         return int(_COMMANDS[args.command](args) or 0)
-    except (SpecError, ValueError, FileNotFoundError) as exc:
-        print(f"rungflow: error: {exc}", file=sys.stderr)
-        return 2
-    except BackendError as exc:
-        print(f"rungflow: error: {exc}", file=sys.stderr)
-        return 2
+    except (SpecError, ValueError, FileNotFoundError, BackendError) as exc:
+        return _error(exc, 2, verbose)
+    except NoResultError as exc:
+        return _error(exc, 1, verbose)
     except KeyboardInterrupt:
         print("rungflow: interrupted; continue with `rungflow resume <run dir>`", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the run failed: one line, the rest with -v
+        return _error(exc, 1, verbose, name=True)
+
+
+def _error(exc: BaseException, code: int, verbose: bool, name: bool = False) -> int:
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    text = f"{type(exc).__name__}: {exc}" if name else str(exc)
+    hint = "" if verbose or code == 2 else " (details: run again with --verbose)"
+    print(f"rungflow: error: {text}{hint}", file=sys.stderr)
+    return code
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """A CLI user sees the answer, not Prefect's logs of a failed task or flow (tracebacks
+    before the one-line error). Set before Prefect is imported (its logging config reads the
+    environment then), and on the loggers themselves in case it was imported already."""
+    if verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        return
+    os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
+    os.environ["PREFECT_LOGGING_SERVER_LEVEL"] = "CRITICAL"
+    os.environ["PREFECT_LOGGING_INTERNAL_LEVEL"] = "CRITICAL"
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine",
+                 "prefect.flow_engine", "prefect.task_engine", "prefect.server",
+                 "distributed", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,17 +113,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _backend_arg(text: str) -> dict[str, Any]:
-    if os.path.isfile(text):
-        import yaml
+def _backend_arg(text: str) -> Any:
+    """``--backend``: a preset YAML file (its ``backend:`` section, or the whole file), or an
+    inline JSON/YAML mapping. Anything else goes to the spec's validation, which names the
+    field (``backend: Input should be a valid dictionary``)."""
+    from tuning.spec import SpecError, load_yaml, read_text_file
 
-        with open(text) as f:
-            data = yaml.safe_load(f)
-        return dict(data.get("backend", data))
-    try:
-        return dict(json.loads(text))
-    except json.JSONDecodeError:
-        raise ValueError(f"--backend: neither a preset file nor JSON: {text!r}") from None
+    if os.path.isdir(text):
+        raise SpecError(f"--backend: {text!r} is a directory, not a preset YAML file or JSON")
+    if os.path.isfile(text):
+        data = load_yaml(read_text_file(text, "--backend preset"), f"--backend {text}")
+        if isinstance(data, dict) and isinstance(data.get("backend"), dict):
+            return dict(data["backend"])
+        return data
+    data = load_yaml(text, "--backend")
+    if isinstance(data, str) or data is None:
+        raise SpecError(f"--backend: neither a preset file nor a JSON mapping: {text!r} "
+                        '(e.g. \'{"type": "dask", "address": "tcp://host:8786"}\')')
+    return data
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -95,7 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, _overrides(args))
     tuner = Tuner.from_spec(spec)
-    result = _with_view(lambda: tuner.run(), spec, args.quiet)
+    result = _reporting_warnings(lambda: _with_view(lambda: tuner.run(), spec, args.quiet),
+                                 args.verbose)
     _print_result(result)
     return 0
 
@@ -103,9 +148,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from tuning.tuner import Tuner
 
-    result = _with_view(lambda: Tuner.resume(args.path), None, args.quiet)
+    result = _reporting_warnings(
+        lambda: _with_view(lambda: Tuner.resume(args.path), None, args.quiet), args.verbose)
     _print_result(result)
     return 0
+
+
+def _reporting_warnings(fn: Any, verbose: bool) -> Any:
+    """Run ``fn``; the run's own warnings (failed trials) as ``rungflow: warning:`` lines,
+    other libraries' warnings only with --verbose."""
+    from tuning.results import TrialsFailedWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return fn()
+        finally:
+            for w in caught:
+                if issubclass(w.category, TrialsFailedWarning):
+                    print(f"rungflow: warning: {w.message}", file=sys.stderr)
+                elif verbose:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _with_view(fn: Any, spec: Any, quiet: bool) -> Any:
@@ -176,9 +239,14 @@ def cmd_best(args: argparse.Namespace) -> int:
     from tuning.results import load_result
 
     res = load_result(args.path)
-    best = res.best_trial
+    best = res.best_finished_trial
     if best is None:
-        print("no trial has reported the metric yet", file=sys.stderr)
+        counts: dict[str, int] = {}
+        for t in res.trials:
+            counts[str(t.status).lower()] = counts.get(str(t.status).lower(), 0) + 1
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
+        print(f"rungflow: no finished trial with metric {res.metric!r} in {res.path} yet "
+              f"({parts}); see `rungflow status {res.path}`", file=sys.stderr)
         return 1
     out = {"trial_id": best.trial_id, res.metric: res.best_metric, "config": best.config,
            "checkpoint": best.checkpoint, "iterations": best.iteration}

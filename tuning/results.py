@@ -8,10 +8,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuning._checkpoint import load_checkpoint
-from tuning._trial import Trial
+from tuning._trial import Status, Trial
 from tuning.experiment import ExperimentState, Journal, find_experiment_dirs, replay
 
-__all__ = ["TuneResult", "last_value", "leaderboard_rows", "load_result"]
+__all__ = ["NoResultError", "TrialsFailedWarning", "TuneResult", "failure_summary", "last_value", "leaderboard_rows",
+           "load_result"]
+
+#: trials that ran to their end: the only ones ``rungflow best`` names
+FINISHED = frozenset({Status.TERMINATED, Status.STOPPED})
+
+
+class NoResultError(RuntimeError):
+    """A run in which no trial produced the metric (every trial failed, say)."""
+
+
+class TrialsFailedWarning(RuntimeWarning):
+    """Some trials of a run failed (an exception, a NaN or non-numeric metric, an unsafe
+    checkpoint): their count and the first error."""
 
 
 def last_value(trial: Trial, metric: str) -> float | None:
@@ -53,6 +66,17 @@ class TuneResult:
     @property
     def best_trial(self) -> Trial | None:
         scored = [(v, t) for t in self.trials if (v := last_value(t, self.metric)) is not None]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda vt: vt[0])[1]
+
+    @property
+    def best_finished_trial(self) -> Trial | None:
+        """The best trial among those that finished (TERMINATED or STOPPED): never one still
+        running, paused or failed."""
+        scored = [(v, t) for t in self.trials
+                  if t.status in FINISHED and (v := last_value(t, self.metric)) is not None]
         if not scored:
             return None
         pick = max if self.mode == "max" else min
@@ -106,6 +130,18 @@ class TuneResult:
     def __repr__(self) -> str:
         return (f"TuneResult({self.name!r}, trials={len(self.trials)}, best_metric="
                 f"{self.best_metric!r}, best_config={self.best_config!r})")
+
+
+def failure_summary(res: TuneResult) -> tuple[int, tuple[str, str] | None]:
+    """How many trials failed, and the first failure (trial id, last line of its error)."""
+    failed = sorted((t for t in res.trials if t.status == Status.ERROR),
+                    key=lambda t: t.trial_id)
+    if not failed:
+        return 0, None
+    t = failed[0]
+    err = (t.error or "").strip()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return len(failed), (t.trial_id, lines[-1].strip() if lines else "failed (no message)")
 
 
 def load_result(path: str) -> TuneResult:

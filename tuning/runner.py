@@ -50,6 +50,9 @@ def open_experiment(spec: ExperimentSpec, components: Components | None = None,
     spec_json = spec.to_json_dict()
     if resume is None:  # auto: a retried flow run finds its own journal
         resume = bool(events)
+    if resume and not events:
+        raise SpecError(f"resume: no journal at {journal.url}: nothing to resume (run it "
+                        "with `rungflow run`, or name the run's directory)")
     if events and not resume:
         raise SpecError(f"name: experiment {spec.name!r} already exists at "
                         f"{spec.experiment_dir()}; resume it (`rungflow resume "
@@ -57,8 +60,6 @@ def open_experiment(spec: ExperimentSpec, components: Components | None = None,
     state = replay(events) if events else None
     if state is not None and state.spec is not None:
         changed = spec_diff(state.spec, spec_json)
-        if resume and not events:
-            raise SpecError(f"resume: no journal at {journal.url}")
         if changed:
             raise ResumeRefused("cannot resume with a different spec; changed: "
                                 + "; ".join(changed))

@@ -37,9 +37,13 @@ from tuning.space import Domain, SampleFrom, Space
 
 __all__ = [
     "ExperimentSpec",
+    "PlateauSpec",
     "SpecError",
     "StopSpec",
+    "UniqueKeyLoader",
+    "custom_component",
     "load_spec",
+    "load_yaml",
     "resolve_trainable",
     "spec_diff",
     "trainable_path",
@@ -53,6 +57,17 @@ class SpecError(ValueError):
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
+class PlateauSpec(BaseModel):
+    """``stop.plateau``: stop a trial whose metric stopped moving (see
+    :class:`~tuning.stoppers.TrialPlateauStopper`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str | None = None
+    std: float = Field(0.01, ge=0)
+    num_results: int = Field(4, ge=2)
+    grace_period: int = Field(4, ge=0)
+
+
 class StopSpec(BaseModel):
     """Stop conditions (``stop:`` in YAML)."""
 
@@ -61,7 +76,16 @@ class StopSpec(BaseModel):
     total_iterations: int | None = Field(None, ge=1)
     metric_threshold: float | None = None
     max_iter: int | None = Field(None, ge=1)
-    plateau: dict[str, Any] | None = None
+    plateau: PlateauSpec | None = None
+
+    @field_validator("plateau", mode="before")
+    @classmethod
+    def _plateau_flag(cls, v: Any) -> Any:
+        if v is True:  # `plateau: true`: the defaults
+            return {}
+        if v is False:
+            return None
+        return v
 
 
 class ExperimentSpec(BaseModel):
@@ -111,6 +135,12 @@ class ExperimentSpec(BaseModel):
     @field_validator("space")
     @classmethod
     def _check_space(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name, d in (v.items() if isinstance(v, Mapping) else ()):
+            if isinstance(d, Mapping) and d.get("type") == "sample_from":
+                raise ValueError(
+                    f"space.{name}: a sample_from parameter (function {d.get('fn', '?')!r}) is "
+                    "Python code that a spec cannot hold; give the space again from Python: "
+                    "Tuner(..., space=...) or Tuner.resume(path, space=...)")
         Space(v)  # raises ValueError naming the parameter
         return v
 
@@ -203,18 +233,49 @@ class ExperimentSpec(BaseModel):
     def build_scheduler(self) -> Any:
         from tuning.schedulers import make_scheduler
 
+        _refuse_custom(self.scheduler, "scheduler")
         return make_scheduler(**_domains_in(self.scheduler))
 
     def build_searcher(self) -> Any:
         from tuning.searchers import make_searcher
 
+        _refuse_custom(self.searcher, "searcher")
         return make_searcher(**self.searcher)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (sample_from parameters written by name)."""
+        """A JSON-able dict (sample_from parameters written as ``{"type": "sample_from",
+        "fn": "module:qualname"}``: readable, and refused when read back as a spec)."""
         d = self.model_dump(mode="python")
-        d["space"] = Space(self.space).to_dict()
+        space = Space(self.space)
+        d["space"] = {k: sample_from_record(v) if isinstance(v, SampleFrom) else
+                      (v.to_dict() if isinstance(v, Domain) else v) for k, v in space.items()}
         return _jsonable(d)
+
+
+def sample_from_record(dom: SampleFrom) -> dict[str, Any]:
+    """How a spec records a ``sample_from`` parameter: the function's import path, by name."""
+    fn = dom.fn
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return {"type": "sample_from", "fn": f"{module}:{name}" if module else name}
+
+
+def custom_component(d: Mapping[str, Any]) -> str | None:
+    """``module.Class`` when a scheduler/searcher spec records a custom instance, else None."""
+    kind = d.get("type")
+    if isinstance(kind, str) and kind.startswith(_CUSTOM):
+        return kind[len(_CUSTOM):]
+    return None
+
+
+_CUSTOM = "custom:"
+
+
+def _refuse_custom(d: Mapping[str, Any], kind: str) -> None:
+    cls = custom_component(d)
+    if cls is not None:
+        raise SpecError(f"{kind}: the run used a custom {kind} instance ({cls}); a spec cannot "
+                        f"rebuild it: pass it again, e.g. Tuner.resume(path, {kind}={cls}(...))")
 
 
 _BACKEND_FIELDS: dict[str, set[str]] = {
@@ -236,6 +297,12 @@ def _exists(url: str) -> bool:
 def _component(v: Mapping[str, Any], kind: str, factory: Callable[..., Any]) -> Any:
     if "type" not in v:
         raise ValueError(f"{kind}.type is required")
+    cls = custom_component(v)
+    if cls is not None:  # a record of an instance given through the API: not built here
+        if not re.match(r"^[A-Za-z_][\w.]*$", cls):
+            raise ValueError(f"{kind}.type: {v['type']!r}: a custom {kind} is recorded as "
+                             f"'custom:module.Class'")
+        return None
     try:
         return factory(**_domains_in(dict(v)))
     except TypeError as exc:
@@ -260,17 +327,70 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a mapping with a duplicated key (plain PyYAML keeps the
+    last one silently: a setting written twice would be half ignored)."""
+
+
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode,
+                              deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            dup = key in seen
+        except TypeError:  # an unhashable key: let the base loader say so
+            break
+        if dup:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"duplicate key {key!r} (first at line {seen[key].line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                _construct_unique_mapping)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML (or JSON) text safely: no Python tags, no duplicated keys; a SpecError naming
+    ``where`` and the line otherwise."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = " ".join(str(exc.problem or exc.context or exc).split())
+        if what.startswith("could not determine a constructor for the tag"):
+            what += ": Python tags are not allowed (safe YAML only)"
+        raise SpecError(f"{where}: not valid YAML{at}: {what}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def read_text_file(path: str | os.PathLike[str], what: str) -> str:
+    """A UTF-8 text file's content; a SpecError saying what is wrong with the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"{what} {str(p)!r} is a directory, not a YAML file")
+    if not p.is_file():
+        raise SpecError(f"{what} {str(p)!r} not found")
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{what} {str(p)!r} is not UTF-8 text (byte {data[exc.start]:#04x} at "
+                        f"offset {exc.start}); save it as UTF-8") from None
+
+
 def load_spec(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
               ) -> ExperimentSpec:
     """Read a YAML experiment file with a safe loader and validate it."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"experiment file {str(p)!r} not found")
-    with p.open() as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{p}: not valid YAML: {exc}") from None
+    data = load_yaml(read_text_file(p, "experiment file"), str(p))
     if not isinstance(data, dict):
         raise SpecError(f"{p}: must be a mapping of fields (name, trainable, space, ...)")
     data.update(overrides or {})
@@ -287,21 +407,39 @@ def validate_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         raise SpecError(format_validation_error(exc)) from None
 
 
-def format_validation_error(exc: Any) -> str:
+def format_validation_error(exc: Any, model: type[BaseModel] | None = None,
+                            prefix: tuple[str, ...] = ()) -> str:
+    """One line per error, naming the field (``prefix`` + the error's location in ``model``,
+    ExperimentSpec by default) and what is allowed."""
     lines = []
     for err in exc.errors():
+        err = {**err, "loc": (*prefix, *err["loc"])}
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if msg.split(":")[0].split(".")[0] == loc.split(".")[0] or msg.startswith(f"{loc}"):
             lines.append(msg)
         elif err["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown field; allowed: "
-                         f"{', '.join(ExperimentSpec.model_fields)}")
+                         f"{', '.join(_fields_at(err['loc'][len(prefix):-1], model))}")
         elif err["type"] == "missing":
             lines.append(f"{loc}: required field missing")
         else:
             lines.append(f"{loc}: {msg} (got {err.get('input')!r})")
     return "invalid experiment spec:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> list[str]:
+    """The field names of the (nested) model at ``loc``: ExperimentSpec, stop, stop.plateau."""
+    model: Any = root or ExperimentSpec
+    for part in loc:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        ann = getattr(field, "annotation", None)
+        nested = [a for a in (getattr(ann, "__args__", None) or (ann,))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    return list(model.model_fields)
 
 
 # -- trainables ----------------------------------------------------------------------------

@@ -75,11 +75,29 @@ class TrialPlateauStopper(Stopper):
 
 
 def stopper_from_dict(d: Mapping[str, Any], metric: str) -> list[Stopper]:
-    """The per-trial stoppers of a spec's ``stop:`` section."""
+    """The per-trial stoppers of a spec's ``stop:`` section (validated by
+    :class:`~tuning.spec.StopSpec`; a plain dict is validated here the same way)."""
     out: list[Stopper] = []
     if d.get("max_iter") is not None:
         out.append(MaximumIterationStopper(int(d["max_iter"])))
-    if d.get("plateau"):
-        p = dict(d["plateau"]) if isinstance(d["plateau"], Mapping) else {}
-        out.append(TrialPlateauStopper(metric=p.pop("metric", metric), **p))
+    plateau = d.get("plateau")
+    if plateau is True:
+        plateau = {}
+    if plateau is not None and plateau is not False:
+        if not isinstance(plateau, Mapping):
+            raise ValueError(f"stop.plateau must be a mapping (metric, std, num_results, "
+                             f"grace_period) or true, got {plateau!r}")
+        p = _plateau_fields(plateau)
+        out.append(TrialPlateauStopper(metric=p.pop("metric", None) or metric, **p))
     return out
+
+
+def _plateau_fields(plateau: Mapping[str, Any]) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from tuning.spec import PlateauSpec, SpecError, format_validation_error
+
+    try:
+        return PlateauSpec.model_validate(dict(plateau)).model_dump()
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, PlateauSpec, ("stop", "plateau"))) from None

@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tuning.results import TuneResult, load_result
+from tuning.results import (
+    NoResultError,
+    TrialsFailedWarning,
+    TuneResult,
+    failure_summary,
+    load_result,
+)
 from tuning.runner import Components
 from tuning.space import Domain, SampleFrom, Space
-from tuning.spec import ExperimentSpec, SpecError, trainable_path, validate_spec
+from tuning.spec import (
+    ExperimentSpec,
+    SpecError,
+    custom_component,
+    trainable_path,
+    validate_spec,
+)
 
 __all__ = ["Tuner", "component_spec"]
 
@@ -37,8 +50,8 @@ def component_spec(obj: Any, names: Mapping[str, str], kind: str) -> dict[str, A
     if cls == "ConcurrencyLimiter":
         inner = component_spec(obj.searcher, names, kind)
         return {**inner, "max_concurrent": obj.spec_args.get("max_concurrent")}
-    if cls not in names:
-        return {"type": f"custom:{type(obj).__module__}.{cls}"}
+    if cls not in names:  # recorded as such: resume refuses until the instance is given again
+        return {"type": f"custom:{type(obj).__module__}.{type(obj).__qualname__}"}
     args = {k: _plain(v) for k, v in getattr(obj, "spec_args", {}).items()}
     return {"type": names[cls], **args}
 
@@ -86,8 +99,7 @@ class Tuner:
             "name": name or _default_name(path), "trainable": path,
             "space": {k: v for k, v in self._space.items() if not isinstance(v, SampleFrom)},
             "metric": metric, "mode": mode, "num_samples": num_samples,
-            "scheduler": sched if not sched["type"].startswith("custom:") else {"type": "fifo"},
-            "searcher": search if not search["type"].startswith("custom:") else {"type": "random"},
+            "scheduler": sched, "searcher": search,
             "backend": dict(backend or {"type": "dask"}), "storage_path": str(storage_path),
             "tracking_uri": tracking_uri, **kwargs}
         self.spec: ExperimentSpec = validate_spec(data)
@@ -108,13 +120,21 @@ class Tuner:
         return self
 
     def run(self, resume: bool = False) -> TuneResult:
-        """Run the tune flow to the end and return the result."""
+        """Run the tune flow to the end and return the result.
+
+        Trials that failed (an exception, a NaN or non-numeric metric, an unsafe checkpoint)
+        are reported at the end by a :class:`RuntimeWarning` giving their count and the first
+        error; when no trial produced the metric at all, :class:`~tuning.results.NoResultError`
+        is raised with the first error instead.
+        """
         _quiet_defaults()
         from flows.tune import tune
 
         out = tune(spec=self.spec, resume=resume, components=self.components)
         self.spec = self.spec.model_copy(update={"run_name": out["run_name"]})
-        return self.result()
+        res = self.result()
+        _check_outcome(res)
+        return res
 
     def result(self) -> TuneResult:
         res = load_result(self.spec.experiment_dir())
@@ -124,7 +144,12 @@ class Tuner:
     @classmethod
     def resume(cls, path: str, trainable: Callable[..., Any] | None = None,
                **overrides: Any) -> TuneResult:
-        """Continue an interrupted experiment from its journal (the spec is read from it)."""
+        """Continue an interrupted experiment from its journal (the spec is read from it).
+
+        A run that used a custom scheduler or searcher instance, or ``sample_from`` parameters,
+        needs them again: ``Tuner.resume(path, scheduler=..., searcher=..., space=...)``. A
+        finished run is refused (nothing is started or written).
+        """
         from tuning.experiment import Journal, find_experiment_dirs, replay
 
         dirs = find_experiment_dirs(path)
@@ -134,11 +159,71 @@ class Tuner:
         st = replay(Journal(dirs[0]).read())
         if st.spec is None:
             raise SpecError(f"resume: {dirs[0]} has no experiment_created event")
+        if st.finished:
+            raise SpecError(f"resume: the run at {dirs[0]} is finished (its journal ends with "
+                            "a 'finished' event); nothing to resume: see `rungflow best "
+                            f"{dirs[0]}`, or start a new run with `rungflow run`")
+        scheduler, searcher = overrides.pop("scheduler", None), overrides.pop("searcher", None)
+        space = overrides.pop("space", None)
+        _needs_again(st.spec, scheduler, searcher, space, dirs[0])
         data = {**st.spec, **overrides}
         data["storage_path"] = dirs[0].rsplit("/", 1)[0]
+        live_space: Space | None = None
+        if scheduler is not None:
+            data["scheduler"] = component_spec(scheduler, _SCHEDULER_NAMES, "scheduler")
+        if searcher is not None:
+            data["searcher"] = component_spec(searcher, _SEARCHER_NAMES, "searcher")
+        if space is not None:
+            live_space = Space(space)
+            data["space"] = {k: v for k, v in live_space.items() if not isinstance(v, SampleFrom)}
         tuner = cls.from_spec(data)
-        tuner.components = Components(trainable=trainable)
+        if live_space is not None and any(isinstance(v, SampleFrom) for v in live_space.values()):
+            tuner.spec.space = dict(live_space.items())
+        tuner.components = Components(
+            trainable=trainable, space=live_space,
+            scheduler=None if scheduler is None or isinstance(scheduler, Mapping) else scheduler,
+            searcher=None if searcher is None or isinstance(searcher, Mapping) else searcher)
         return tuner.run(resume=True)
+
+
+def _needs_again(spec: Mapping[str, Any], scheduler: Any, searcher: Any, space: Any,
+                 where: str) -> None:
+    """Refuse a resume that would silently change the algorithm or the space: what the run was
+    given as Python objects must be given again."""
+    missing = []
+    for kind, given in (("scheduler", scheduler), ("searcher", searcher)):
+        cls = custom_component(spec.get(kind) or {})
+        if cls is not None and given is None:
+            missing.append(f"{kind}: the run used a custom {kind} instance ({cls}), which its "
+                           f"journal cannot rebuild; pass it again: Tuner.resume({where!r}, "
+                           f"{kind}={cls.rsplit('.', 1)[-1]}(...))")
+    fns = {k: v.get("fn", "?") for k, v in (spec.get("space") or {}).items()
+           if isinstance(v, Mapping) and v.get("type") == "sample_from"}
+    if fns and space is None:
+        missing.append("space: the run's space has sample_from parameters ("
+                       + ", ".join(f"{k}={fn}" for k, fn in fns.items())
+                       + f"), Python functions its journal cannot rebuild; pass the space "
+                       f"again: Tuner.resume({where!r}, space={{...}})")
+    if missing:
+        raise SpecError("resume: " + "; ".join(missing)
+                        + " (the CLI cannot resume such a run: resume it from Python)")
+
+
+def _check_outcome(res: TuneResult) -> None:
+    """Failure is never silent: raise when no trial produced the metric or every trial
+    failed, warn when some trials failed."""
+    failed, first = failure_summary(res)
+    n = len(res.trials)
+    where = f"; see `rungflow ls {res.path}`"
+    error = f"; first error ({first[0]}): {first[1]}" if first else ""
+    if res.best_trial is None:
+        raise NoResultError(f"no trial produced metric {res.metric!r} ({failed} of {n} trials "
+                            f"failed){error}{where}")
+    if failed and failed == n:
+        raise NoResultError(f"every trial failed ({n} of {n}){error}{where}")
+    if failed and first is not None:
+        warnings.warn(f"{failed} of {n} trials failed; first error ({first[0]}): {first[1]}",
+                      TrialsFailedWarning, stacklevel=3)
 
 
 def _default_name(path: str) -> str:
@@ -158,5 +243,10 @@ def _quiet_defaults() -> None:
     import dask
 
     dask.config.set({"logging.distributed": os.environ["DASK_LOGGING__DISTRIBUTED"]})
-    for name in ("prefect.task_runs", "prefect.flow_runs", "distributed", "alembic"):
+    level = logging.getLevelName(os.environ["PREFECT_LOGGING_LEVEL"].upper())
+    level = level if isinstance(level, int) else logging.WARNING
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", "prefect.task_engine",
+                 "prefect.flow_engine"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    for name in ("distributed", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
