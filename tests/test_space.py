@@ -165,3 +165,19 @@ def test_to_optuna_distributions() -> None:
         "n": od.IntDistribution(1, 4), "c": od.CategoricalDistribution(["a", "b"]),
         "g": od.CategoricalDistribution([1, 2]),
     }
+
+
+def test_grid_points_are_built_once(monkeypatch) -> None:
+    space = Space({"a": grid([1, 2]), "b": grid(["u", "v"]), "x": uniform(0, 1)})
+    builds: list[int] = []
+    original = Space.grid_params
+
+    def counting(self: Space) -> dict:
+        builds.append(1)
+        return original.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Space, "grid_params", property(counting))
+    first = space.grid_points()
+    assert space.grid_points() is first and len(first) == 4
+    assert builds == [1]
+    assert Space(space).grid_points() == first  # a copy builds its own, equal

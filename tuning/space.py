@@ -301,6 +301,7 @@ class Space(Mapping[str, Any]):
                     raise ValueError(f"space.{name}: {exc}") from None
             parsed[name] = value
         self._params: dict[str, Any] = parsed
+        self._grid_points: list[dict[str, Any]] | None = None  # built on first use
 
     def __getitem__(self, key: str) -> Any:
         return self._params[key]
@@ -324,11 +325,18 @@ class Space(Mapping[str, Any]):
         return {k: v for k, v in self._params.items() if isinstance(v, Grid)}
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """Every combination of the grid parameters, in a fixed order (one empty dict if none)."""
-        points: list[dict[str, Any]] = [{}]
-        for name, dom in self.grid_params.items():
-            points = [{**p, name: v} for p in points for v in dom.categories]
-        return points
+        """Every combination of the grid parameters, in a fixed order (one empty dict if none).
+
+        Built once and cached: a space is immutable after construction (its parameters are
+        private, its grids frozen dataclasses with tuple values). The same list is returned on
+        every call, so callers copy a point before changing it."""
+        cached = getattr(self, "_grid_points", None)  # None also for a space unpickled from before
+        if cached is None:
+            cached = [{}]
+            for name, dom in self.grid_params.items():
+                cached = [{**p, name: v} for p in cached for v in dom.categories]
+            self._grid_points = cached
+        return cached
 
     def sample(self, rng: np.random.Generator, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A config: ``fixed`` values first, other domains sampled, then ``sample_from`` resolved."""
