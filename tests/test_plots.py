@@ -160,3 +160,90 @@ def test_plots_from_a_replayed_asha_journal(tmp_path):
     assert counts[9] == n_finished
     for p in plots.all_plots(st.trials, "accuracy", "max", events, str(tmp_path / "plots")):
         assert min(_png_size(p)) >= 400
+
+
+# -- many trials: collections and aggregates instead of a line each ----------------------------
+def _many(n: int) -> list[Trial]:
+    statuses = [Status.TERMINATED, Status.STOPPED, Status.STOPPED, Status.PAUSED, Status.ERROR]
+    out = []
+    for i in range(n):
+        t = _trial(i % 97, 1 + i % 9, statuses[i % len(statuses)], rung=3,
+                   config={"lr": 10 ** -(1 + i % 5), "act": ["relu", "tanh"][i % 2]})
+        t.trial_id = f"trial-{i:05d}"
+        if t.status == Status.STOPPED:
+            t.stopped_at = t.iteration
+        out.append(t)
+    return out
+
+
+def _trial_lines(ax):
+    """Per-trial polylines of a parallel-coordinates axes (not its vertical axis lines)."""
+    return [ln for ln in ax.get_lines() if ln.get_marker() == "o" or ln.get_linestyle() == "--"]
+
+
+def _collections(ax):
+    from matplotlib.collections import LineCollection
+
+    return [c for c in ax.collections if isinstance(c, LineCollection)]
+
+
+def test_many_trials_draw_a_line_collection_and_bands_with_a_fixed_legend(tmp_path):
+    from matplotlib.figure import Figure
+
+    ts = _many(2000)
+    ax = Figure().add_subplot()
+    lines = plots._draw_learning_curves(ax, ts, "acc", "max", None)
+    colls = _collections(ax)
+    assert len(colls) == 1 and len(colls[0].get_segments()) == plots.TOP_LINES - 1
+    assert len(lines) == 1 and lines[0].get_linewidth() == 2.8  # only the best's own line
+    assert len(ax.get_lines()) < 20  # the best, the median, one stop-marker set per colour
+    legend = ax.get_legend()
+    assert legend._loc != 0  # not "best": a fixed place
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert any("other" in t and "median" in t for t in texts)
+    assert f"best: {lines[0].get_label()}" in texts
+
+    ax = Figure().add_subplot()
+    plots._draw_parallel(ax.figure, ax, ts, "acc", "max")
+    assert len(_collections(ax)) >= 2 and not _trial_lines(ax)
+    assert sum(len(c.get_segments()) for c in _collections(ax)) == len(ts)
+
+    paths = plots.all_plots(ts, "acc", "max", None, str(tmp_path / "many"))
+    assert [p.rsplit("/", 1)[-1] for p in paths] == [
+        "learning_curves.png", "rung_diagram.png", "parallel_coordinates.png"]
+    for p in paths:
+        assert min(_png_size(p)) >= 400
+
+
+def test_up_to_the_threshold_each_trial_keeps_its_line():
+    from matplotlib.figure import Figure
+
+    ts = _many(plots.MANY_TRIALS)
+    ax = Figure().add_subplot()
+    lines = plots._draw_learning_curves(ax, ts, "acc", "max", None)
+    assert len(lines) == len(ts) and not _collections(ax)
+    assert ax.get_legend()._loc == 0  # "best" is affordable here
+    ax = Figure().add_subplot()
+    plots._draw_parallel(ax.figure, ax, ts, "acc", "max")
+    assert len(_trial_lines(ax)) == len(ts) and not _collections(ax)
+
+
+def test_quantiles_by_iteration_and_binned():
+    import numpy as np
+
+    x = np.array([1, 1, 1, 2, 2, 3], dtype=float)
+    y = np.array([0, 1, 2, 5, 7, 9], dtype=float)
+    at, q = plots._quantiles_by_x(x, y, (0, 50, 100))
+    assert list(at) == [1, 2, 3]
+    assert q.tolist() == [[0, 5, 9], [1, 6, 9], [2, 7, 9]]
+    x = np.arange(1000, dtype=float)
+    at, q = plots._quantiles_by_x(x, x, (50,), max_bins=10)
+    assert len(at) == 10 and q.shape == (1, 10)
+    assert abs(q[0][0] - 49.5) < 1e-9
+
+
+def test_rung_counts_agree_with_counting_each_trial():
+    ts = _many(500)
+    counts = plots.rung_counts(ts)
+    for level, n in counts.items():
+        assert n == sum(1 for t in ts if plots._reached(t) >= level)

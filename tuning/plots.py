@@ -24,17 +24,22 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from tuning._trial import ITERATION, Trial
 
 __all__ = [
+    "MANY_TRIALS",
     "STATUS_COLOURS",
+    "TOP_LINES",
     "all_plots",
     "is_log_scale",
     "learning_curves",
@@ -57,6 +62,11 @@ _LABELS = {"TERMINATED": "finished", "STOPPED": "stopped early", "ERROR": "error
            "PAUSED": "paused", "RUNNING": "running", "PENDING": "pending"}
 _UNKNOWN_COLOUR = "#555555"
 _DPI = 100
+#: beyond this many trials a plot stops drawing one line per trial: the best ones become one
+#: LineCollection and the rest an aggregate (quantile bands, faint lines), legends a fixed place
+MANY_TRIALS = 300
+#: how many of the best trials keep a visible line of their own when there are many
+TOP_LINES = 50
 
 
 
@@ -151,44 +161,157 @@ def _y_at(xs: list[float], ys: list[float], x: float) -> float:
     return best
 
 
+_Curve = tuple[Trial, list[float], list[float]]
+
+
 def _draw_learning_curves(ax: Axes, trials: Any, metric: str, mode: str,
                           decisions: Iterable[Mapping[str, Any]] | None = None) -> list[Line2D]:
-    """Draw one line per trial on ``ax``, coloured by status; returns the trial lines (in trial
-    order, trials without the metric skipped) so tests can check their colours."""
+    """Draw the learning curves on ``ax``, coloured by status; returns the per-trial lines.
+
+    Up to :data:`MANY_TRIALS` curves: one line per trial (in trial order, trials without the
+    metric skipped) so tests can check their colours. Beyond: the :data:`TOP_LINES` best
+    trials as one :class:`~matplotlib.collections.LineCollection`, the rest as quantile bands
+    per iteration, and only the best trial as its own line (the one returned)."""
     ts = _trials(trials)
     decisions = list(decisions or ())
     stops, pauses = _stop_points(ts, decisions), _pause_points(decisions)
-    lines: list[Line2D] = []
-    seen: list[str] = []
-    best_id, best_v = None, None
-    for t in ts:
-        xs, ys = _curve(t, metric)
-        if not xs:
-            continue
-        status = _status_name(t.status)
-        colour = _colour_for(status)
-        (line,) = ax.plot(xs, ys, color=colour, linewidth=1.2, alpha=0.85,
-                          marker="." if len(xs) == 1 else None, label=t.trial_id)
-        lines.append(line)
-        if status not in seen:
-            seen.append(status)
-        if t.trial_id in stops:
-            x = stops[t.trial_id]
-            ax.plot([x], [_y_at(xs, ys, x)], marker="X", markersize=8, color=colour,
-                    markeredgecolor="black", markeredgewidth=0.6, linestyle="none", zorder=3)
-        for x in pauses.get(t.trial_id, []):
-            ax.plot([x], [_y_at(xs, ys, x)], marker="o", markersize=3, color="#0072B2",
-                    linestyle="none", zorder=3)
+    curves = [(t, xs, ys) for t in ts for xs, ys in [_curve(t, metric)] if xs]
+    best = _best_curve(curves, mode)
+    many = len(curves) > MANY_TRIALS
+    handles: list[Any] = []
+    if many:
+        lines, handles = _draw_many_curves(ax, curves, best, mode)
+    else:
+        lines = _draw_each_curve(ax, curves, best)
+    _draw_markers(ax, curves, stops, pauses, small=many)
+    if not curves:
+        _empty(ax, f"no trial has reported {metric!r} yet")
+    _curves_legend(ax, curves, best, bool(stops), bool(pauses), handles, many)
+    ax.set_xlabel(ITERATION)
+    ax.set_ylabel(metric)
+    shown = f"; the best {TOP_LINES} drawn" if many else ""
+    ax.set_title(f"Learning curves ({metric}, {mode}), {len(ts)} trials{shown}")
+    ax.grid(True, alpha=0.3)
+    return lines
+
+
+def _best_curve(curves: Sequence[_Curve], mode: str) -> int | None:
+    """Index of the curve with the best last value (the first such)."""
+    best, best_v = None, None
+    for i, (_, _, ys) in enumerate(curves):
         last = ys[-1]
         if best_v is None or (last > best_v if mode == "max" else last < best_v):
-            best_id, best_v = t.trial_id, last
-    if not lines:
-        _empty(ax, f"no trial has reported {metric!r} yet")
-    for line in lines:
-        if line.get_label() == best_id:
-            line.set_linewidth(2.8)
-            line.set_alpha(1.0)
-            line.set_zorder(4)
+            best, best_v = i, last
+    return best
+
+
+def _emphasise(line: Line2D) -> None:
+    line.set_linewidth(2.8)
+    line.set_alpha(1.0)
+    line.set_zorder(4)
+
+
+def _draw_each_curve(ax: Axes, curves: Sequence[_Curve], best: int | None) -> list[Line2D]:
+    lines: list[Line2D] = []
+    for t, xs, ys in curves:
+        (line,) = ax.plot(xs, ys, color=_colour_for(t.status), linewidth=1.2, alpha=0.85,
+                          marker="." if len(xs) == 1 else None, label=t.trial_id)
+        lines.append(line)
+    if best is not None:
+        _emphasise(lines[best])
+    return lines
+
+
+def _ranked(curves: Sequence[_Curve], mode: str) -> list[int]:
+    """Curve indices, best last value first (stable)."""
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(range(len(curves)), key=lambda i: sign * curves[i][2][-1])
+
+
+def _draw_many_curves(ax: Axes, curves: Sequence[_Curve], best: int | None, mode: str
+                      ) -> tuple[list[Line2D], list[Any]]:
+    """The best trials as one LineCollection, the others as quantile bands; returns the best
+    trial's own line and the legend entries of the bands."""
+    order = _ranked(curves, mode)
+    top, rest = order[:TOP_LINES], order[TOP_LINES:]
+    handles = _draw_quantile_bands(ax, [curves[i] for i in rest])
+    drawn = [i for i in reversed(top) if i != best]  # the better drawn later, on top
+    segs = [np.column_stack([curves[i][1], curves[i][2]]) for i in drawn]
+    coll = LineCollection(segs, colors=[_colour_for(curves[i][0].status) for i in drawn],
+                          linewidths=1.0, alpha=0.85, zorder=3)
+    ax.add_collection(coll)
+    lines: list[Line2D] = []
+    if best is not None:
+        t, xs, ys = curves[best]
+        (line,) = ax.plot(xs, ys, color=_colour_for(t.status), marker="." if len(xs) == 1
+                          else None, label=t.trial_id)
+        _emphasise(line)
+        lines.append(line)
+    ax.autoscale_view()
+    return lines, handles
+
+
+def _draw_quantile_bands(ax: Axes, curves: Sequence[_Curve]) -> list[Any]:
+    """5-95 % and 25-75 % bands and the median of ``curves`` at each iteration."""
+    if not curves:
+        return []
+    x = np.concatenate([np.asarray(xs, dtype=float) for _, xs, _ in curves])
+    y = np.concatenate([np.asarray(ys, dtype=float) for _, _, ys in curves])
+    at, qs = _quantiles_by_x(x, y, (5, 25, 50, 75, 95))
+    grey = "#7F7F7F"
+    ax.fill_between(at, qs[0], qs[4], color=grey, alpha=0.15, linewidth=0, zorder=1)
+    ax.fill_between(at, qs[1], qs[3], color=grey, alpha=0.3, linewidth=0, zorder=1)
+    ax.plot(at, qs[2], color="#555555", linewidth=1.0, linestyle="--", zorder=2)
+    n = len(curves)
+    return [Patch(color=grey, alpha=0.45, label=f"other {n} trials: 25-75 %"),
+            Patch(color=grey, alpha=0.15, label=f"other {n} trials: 5-95 %"),
+            Line2D([], [], color="#555555", linestyle="--", label=f"other {n} trials: median")]
+
+
+def _quantiles_by_x(x: np.ndarray, y: np.ndarray, q: Sequence[float], max_bins: int = 200
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentiles ``q`` of ``y`` at each distinct ``x`` (binned when there are more than
+    ``max_bins`` of them); returns the x positions and a ``(len(q), len(x))`` array."""
+    ux = np.unique(x)
+    if len(ux) > max_bins:
+        edges = np.linspace(ux[0], ux[-1], max_bins + 1)
+        group = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max_bins - 1)
+        centres = (edges[:-1] + edges[1:]) / 2
+    else:
+        group, centres = np.searchsorted(ux, x), ux
+    order = np.argsort(group, kind="stable")
+    g, ys = group[order], y[order]
+    present, starts = np.unique(g, return_index=True)
+    out = np.array([np.percentile(chunk, q) for chunk in np.split(ys, starts[1:])]).T
+    return centres[present], out
+
+
+def _draw_markers(ax: Axes, curves: Sequence[_Curve], stops: Mapping[str, float],
+                  pauses: Mapping[str, list[float]], small: bool = False) -> None:
+    """Stop markers (an ``X`` in the trial's colour) and pause dots: one artist per colour."""
+    by_colour: dict[str, tuple[list[float], list[float]]] = {}
+    paused: tuple[list[float], list[float]] = ([], [])
+    for t, xs, ys in curves:
+        if t.trial_id in stops:
+            x = stops[t.trial_id]
+            px, py = by_colour.setdefault(_colour_for(t.status), ([], []))
+            px.append(x)
+            py.append(_y_at(xs, ys, x))
+        for x in pauses.get(t.trial_id, []):
+            paused[0].append(x)
+            paused[1].append(_y_at(xs, ys, x))
+    for colour, (px, py) in by_colour.items():
+        ax.plot(px, py, marker="X", markersize=5 if small else 8, color=colour,
+                markeredgecolor="black", markeredgewidth=0.4 if small else 0.6,
+                linestyle="none", zorder=3, alpha=0.6 if small else 1.0)
+    if paused[0]:
+        ax.plot(paused[0], paused[1], marker="o", markersize=3, color="#0072B2",
+                linestyle="none", zorder=3)
+
+
+def _curves_legend(ax: Axes, curves: Sequence[_Curve], best: int | None, stops: bool,
+                   pauses: bool, extra: list[Any], many: bool) -> None:
+    seen = list(dict.fromkeys(_status_name(t.status) for t, _, _ in curves))
     handles: list[Any] = [Line2D([], [], color=_colour_for(s), label=_LABELS.get(s, s.lower()))
                           for s in seen]
     if stops:
@@ -197,15 +320,17 @@ def _draw_learning_curves(ax: Axes, trials: Any, metric: str, mode: str,
     if pauses:
         handles.append(Line2D([], [], marker="o", markersize=3, color="#0072B2",
                               linestyle="none", label="paused at rung"))
-    if best_id is not None:
-        handles.append(Line2D([], [], color="black", linewidth=2.8, label=f"best: {best_id}"))
-    if handles:
+    if best is not None:
+        handles.append(Line2D([], [], color="black", linewidth=2.8,
+                              label=f"best: {curves[best][0].trial_id}"))
+    handles += extra
+    if not handles:
+        return
+    if many:  # a fixed place: "best" searches every line for the emptiest corner
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0, fontsize=8, framealpha=0.8)
+    else:
         ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.8)
-    ax.set_xlabel(ITERATION)
-    ax.set_ylabel(metric)
-    ax.set_title(f"Learning curves ({metric}, {mode}), {len(ts)} trials")
-    ax.grid(True, alpha=0.3)
-    return lines
 
 
 def learning_curves(trials: Any, metric: str, mode: str,
@@ -224,8 +349,15 @@ def _reached(t: Trial) -> int:
     return max(t.iteration, int(t.rung or 0), int(t.stopped_at or 0) if t.results else 0)
 
 
-def _levels(ts: Sequence[Trial]) -> list[int]:
-    reached = [_reached(t) for t in ts if _reached(t) > 0]
+def _at_least(reached: Sequence[int], levels: Sequence[int]) -> list[int]:
+    """How many of ``reached`` are at least each of ``levels`` (a sort, not a pass a level)."""
+    done = np.sort(np.asarray(reached, dtype=np.int64))
+    return [int(len(done) - np.searchsorted(done, lv, side="left")) for lv in levels]
+
+
+def _levels(ts: Sequence[Trial], reached_all: Sequence[int] | None = None) -> list[int]:
+    reached = [r for r in (reached_all if reached_all is not None else map(_reached, ts))
+               if r > 0]
     rungs = {int(t.rung) for t in ts if t.rung is not None and t.rung > 0}
     if rungs:  # the milestones decisions were taken at, and the furthest any trial went
         return sorted(rungs | ({max(reached)} if reached else set()))
@@ -248,8 +380,9 @@ def rung_counts(trials: Any, levels: Sequence[int] | None = None) -> dict[int, i
         {1: 3, 3: 2, 9: 1}
     """
     ts = _trials(trials)
-    lv = sorted({int(x) for x in levels}) if levels is not None else _levels(ts)
-    return {level: sum(1 for t in ts if _reached(t) >= level) for level in lv}
+    reached = [_reached(t) for t in ts]
+    lv = sorted({int(x) for x in levels}) if levels is not None else _levels(ts, reached)
+    return dict(zip(lv, _at_least(reached, lv)))
 
 
 def rung_diagram(trials: Any, path: str, levels: Sequence[int] | None = None) -> str:
@@ -263,10 +396,12 @@ def rung_diagram(trials: Any, path: str, levels: Sequence[int] | None = None) ->
     else:
         xs = list(range(len(counts)))
         bottoms = [0] * len(counts)
-        statuses = [s for s in STATUS_COLOURS if any(_status_name(t.status) == s for t in ts)]
+        by_status: dict[str, list[int]] = {}
+        for t in ts:
+            by_status.setdefault(_status_name(t.status), []).append(_reached(t))
+        statuses = [s for s in STATUS_COLOURS if s in by_status]
         for s in statuses:
-            heights = [sum(1 for t in ts if _status_name(t.status) == s and _reached(t) >= lv)
-                       for lv in counts]
+            heights = _at_least(by_status[s], list(counts))
             ax.bar(xs, heights, bottom=bottoms, color=_colour_for(s), label=_LABELS[s],
                    edgecolor="white")
             bottoms = [b + h for b, h in zip(bottoms, heights)]
@@ -351,13 +486,10 @@ def _draw_parallel(fig: Figure, ax: Axes, trials: Sequence[Trial], metric: str, 
     xs = list(range(len(cols)))
     order = sorted(range(len(trials)), key=lambda i: (scores[i] is not None,
                    (scores[i] or 0) * (1 if mode == "max" else -1)))  # best drawn on top
-    for i in order:
-        ys = [c[1][i] for c in cols]
-        if scores[i] is None:
-            ax.plot(xs, ys, color="#BBBBBB", linewidth=0.8, linestyle="--", alpha=0.7)
-        else:
-            rgba = sm.to_rgba(scores[i])  # type: ignore[arg-type]
-            ax.plot(xs, ys, color=rgba, linewidth=1.4, alpha=0.9, marker="o", markersize=3)
+    if len(trials) > MANY_TRIALS:
+        _draw_parallel_many(ax, xs, [c[1] for c in cols], scores, order, sm)
+    else:
+        _draw_parallel_each(ax, xs, [c[1] for c in cols], scores, order, sm)
     for x, (_, _, _, tk) in zip(xs, cols):
         ax.axvline(x, color="#444444", linewidth=0.8)
         for y, label in tk[:12]:
@@ -369,6 +501,38 @@ def _draw_parallel(fig: Figure, ax: Axes, trials: Sequence[Trial], metric: str, 
     ax.set_ylim(-0.05, 1.05)
     ax.set_yticks([])
     fig.colorbar(sm, ax=ax, label=f"{metric} (last reported)")
+
+
+def _draw_parallel_each(ax: Axes, xs: list[int], cols: list[list[float]],
+                        scores: list[float | None], order: list[int], sm: ScalarMappable) -> None:
+    for i in order:
+        ys = [c[i] for c in cols]
+        if scores[i] is None:
+            ax.plot(xs, ys, color="#BBBBBB", linewidth=0.8, linestyle="--", alpha=0.7)
+        else:
+            rgba = sm.to_rgba(scores[i])  # type: ignore[arg-type]
+            ax.plot(xs, ys, color=rgba, linewidth=1.4, alpha=0.9, marker="o", markersize=3)
+
+
+def _draw_parallel_many(ax: Axes, xs: list[int], cols: list[list[float]],
+                        scores: list[float | None], order: list[int], sm: ScalarMappable
+                        ) -> None:
+    """Many trials: the unscored and the rest as faint LineCollections (their density shows),
+    the :data:`TOP_LINES` best as a bold one on top."""
+    pos = np.asarray(cols, dtype=float).T  # (trials, axes)
+    x = np.asarray(xs, dtype=float)
+    unscored = [i for i in order if scores[i] is None]
+    scored = [i for i in order if scores[i] is not None]  # worst first
+    rest, top = scored[: max(len(scored) - TOP_LINES, 0)], scored[-TOP_LINES:]
+    layers = [(unscored, 0.6, 0.25, "--", 1), (rest, 0.5, 0.2, "-", 2), (top, 1.4, 0.95, "-", 3)]
+    for idx, width, alpha, style, z in layers:
+        if not idx:
+            continue
+        segs = np.stack([np.broadcast_to(x, (len(idx), len(x))), pos[idx]], axis=-1)
+        colours = ("#BBBBBB" if style == "--" else
+                   sm.to_rgba(np.asarray([scores[i] for i in idx], dtype=float)))
+        ax.add_collection(LineCollection(list(segs), colors=colours, linewidths=width,
+                                         alpha=alpha, linestyles=style, zorder=z))
 
 
 def parallel_coordinates(trials: Any, metric: str, path: str, mode: str = "max") -> str:
