@@ -15,12 +15,13 @@ The pure helpers (:func:`asha_cutoff`, :func:`asha_continues`, :func:`rank_trial
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
+from sortedcontainers import SortedList
 
-from tuning._trial import ITERATION, Status, Trial
+from tuning._trial import ITERATION, TERMINAL, Status, Trial
 from tuning.schedulers._base import (
     Decision,
     DecisionPoints,
@@ -40,7 +41,8 @@ from tuning.schedulers._common import (
     geometric_milestones,
 )
 
-__all__ = ["ASHA", "asha_continues", "asha_cutoff", "promotable", "rank_trials"]
+__all__ = ["ASHA", "asha_continues", "asha_cutoff", "percentile_of_sorted", "promotable",
+           "rank_trials"]
 
 VARIANTS = ("stop", "promote")
 
@@ -60,6 +62,27 @@ def asha_cutoff(recorded: Iterable[float], reduction_factor: int) -> float | Non
     if values.size == 0:
         return None
     return float(np.percentile(values, (1 - 1 / reduction_factor) * 100))
+
+
+def percentile_of_sorted(at: Callable[[int], float], n: int, q: float) -> float:
+    """``np.percentile(a, q)`` (method ``"linear"``) of a sorted ``a`` of ``n > 0`` values, read
+    through ``at(i) = a[i]``: two order statistics, the same float operations as numpy.
+
+    Example:
+        >>> a = [0.1, 0.5, 0.9]
+        >>> percentile_of_sorted(a.__getitem__, 3, 200 / 3) == float(np.percentile(a, 200 / 3))
+        True
+    """
+    vi = (n - 1) * (q / 100)
+    if vi >= n - 1:  # numpy takes the last value, with the weight measured from index -1
+        lo = hi = n - 1
+        gamma = vi + 1
+    else:
+        lo = math.floor(vi)
+        hi, gamma = lo + 1, vi - lo
+    a, b = at(lo), at(hi)
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
 def asha_continues(value: float, recorded: Iterable[float], reduction_factor: int) -> bool:
@@ -102,6 +125,67 @@ def promotable(rung: Mapping[str, float], promoted: Iterable[str], reduction_fac
     done = set(promoted)
     top = rank_trials(rung)[: len(rung) // reduction_factor]
     return [tid for tid in top if tid not in done]
+
+
+class _Rung:
+    """One milestone's recorded values, kept sorted for O(log n) cutoffs and promotions.
+
+    ``values``: trial id -> value (larger is better, NaN kept) in recording order, the state
+    that is saved. ``ranked``: ``(-value, seq)`` of the finite values, best first, ties in
+    recording order (``rank_trials``'s order). ``candidates``: the ranked keys not promoted yet
+    and not seen ended (promote variant).
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.ranked: SortedList = SortedList()
+        self.candidates: SortedList = SortedList()
+        self.tids: list[str] = []
+
+    def record(self, tid: str, value: float, promoted: bool = False) -> None:
+        self.values[tid] = value
+        seq = len(self.tids)
+        self.tids.append(tid)
+        if not math.isnan(value):
+            key = (-value, seq)
+            self.ranked.add(key)
+            if not promoted:
+                self.candidates.add(key)
+
+    def cutoff(self, reduction_factor: int) -> float | None:
+        """:func:`asha_cutoff` of the recorded values, in O(log n)."""
+        n = len(self.ranked)
+        if n == 0:
+            return None
+        ranked = self.ranked
+        return percentile_of_sorted(lambda i: -ranked[n - 1 - i][0], n,
+                                    (1 - 1 / reduction_factor) * 100)
+
+    def promote(self, reduction_factor: int, trials: Mapping[str, Trial]) -> str | None:
+        """The best PAUSED trial of :func:`promotable`'s list, taken out of the candidates."""
+        top = len(self.values) // reduction_factor
+        i = 0
+        while i < len(self.candidates):
+            key = self.candidates[i]
+            if self.ranked.bisect_left(key) >= top:
+                return None
+            tid = self.tids[key[1]]
+            trial = trials.get(tid)
+            if trial is not None and trial.status == Status.PAUSED:
+                del self.candidates[i]
+                return tid
+            if trial is not None and trial.status in TERMINAL:
+                del self.candidates[i]  # ended: never resumed; it keeps its place in the top
+            else:
+                i += 1
+        return None
+
+    @classmethod
+    def restore(cls, values: Mapping[str, float], promoted: Iterable[str]) -> _Rung:
+        rung, done = cls(), set(promoted)
+        for tid, v in values.items():
+            rung.record(tid, v, promoted=tid in done)
+        return rung
 
 
 class ASHA(Scheduler):
@@ -165,8 +249,16 @@ class ASHA(Scheduler):
     def _reset(self) -> None:
         self._n_added = 0
         self._trial_bracket: dict[str, int] = {}
-        self._rungs: list[list[dict[str, float]]] = [[{} for _ in ms] for ms in self._milestones]
+        self._rung_state: list[list[_Rung]] = [[_Rung() for _ in ms] for ms in self._milestones]
         self._promoted: list[list[list[str]]] = [[[] for _ in ms] for ms in self._milestones]
+        self._promotion_order = sorted(
+            ((m, s, k) for s, ms in enumerate(self._milestones) for k, m in enumerate(ms)
+             if m < self.max_t), key=lambda x: (-x[0], x[1]))
+
+    @property
+    def _rungs(self) -> list[list[dict[str, float]]]:
+        """Each bracket's rungs as trial id -> value (recording order)."""
+        return [[r.values for r in rungs] for rungs in self._rung_state]
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "max_t": self.max_t, "grace_period": self.grace_period,
@@ -198,14 +290,15 @@ class ASHA(Scheduler):
 
     def _on_result_stop(self, trial: Trial, result: Mapping[str, Any]) -> Decision:
         s, t, v = self._bracket_of(trial), self._time(result), self._value(result)
-        ms, rungs = self._milestones[s], self._rungs[s]
+        ms, rungs = self._milestones[s], self._rung_state[s]
         for k in reversed(range(len(ms))):  # the highest milestone passed decides (Ray Tune)
             if t < ms[k]:
                 continue
-            if trial.trial_id in rungs[k]:
+            if trial.trial_id in rungs[k].values:
                 break
-            goes_on = asha_continues(v, rungs[k].values(), self.reduction_factor)
-            rungs[k][trial.trial_id] = v
+            cutoff = None if math.isnan(v) else rungs[k].cutoff(self.reduction_factor)
+            goes_on = not math.isnan(v) and (cutoff is None or v >= cutoff)  # asha_continues
+            rungs[k].record(trial.trial_id, v)
             trial.rung = as_rung(ms[k])
             if not goes_on:
                 return Decision.STOP
@@ -215,8 +308,8 @@ class ASHA(Scheduler):
     def _target_rung(self, trial: Trial) -> int | None:
         """The index of the next milestone at which the trial records a value (promote)."""
         s = self._bracket_of(trial)
-        for k, rung in enumerate(self._rungs[s]):
-            if trial.trial_id not in rung:
+        for k, rung in enumerate(self._rung_state[s]):
+            if trial.trial_id not in rung.values:
                 return k
         return None
 
@@ -226,7 +319,7 @@ class ASHA(Scheduler):
         reached = False
         if k is not None and t >= self._milestones[s][k]:
             reached = True
-            self._rungs[s][k][trial.trial_id] = self._value(result)
+            self._rung_state[s][k].record(trial.trial_id, self._value(result))
             trial.rung = as_rung(self._milestones[s][k])
         if t >= self.max_t:
             return Decision.STOP
@@ -258,16 +351,17 @@ class ASHA(Scheduler):
         return StartNew() if can_start_new else None
 
     def _promotion(self, trials: Mapping[str, Trial]) -> Resume | None:
-        """Scan rungs from the highest milestone down; resume the best promotable paused trial."""
-        order = sorted(((m, s, k) for s, ms in enumerate(self._milestones)
-                        for k, m in enumerate(ms) if m < self.max_t), key=lambda x: (-x[0], x[1]))
-        for _, s, k in order:
-            for tid in promotable(self._rungs[s][k], self._promoted[s][k], self.reduction_factor):
-                trial = trials.get(tid)
-                if trial is not None and trial.status == Status.PAUSED:
-                    self._promoted[s][k].append(tid)
-                    return Resume(tid)
+        """Scan rungs from the highest milestone down; resume the best promotable paused trial
+        (:func:`promotable`'s first PAUSED one), O(log n) per rung amortized."""
+        for _, s, k in self._promotion_order:
+            tid = self._rung_state[s][k].promote(self.reduction_factor, trials)
+            if tid is not None:
+                self._promoted[s][k].append(tid)
+                return Resume(tid)
         return None
+
+    def _note_pause(self, trial: Trial) -> None:
+        """The promote variant picks paused trials from its rungs, not in pause order."""
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -280,6 +374,7 @@ class ASHA(Scheduler):
         super().load_state_dict(state)
         self._n_added = int(state["n_added"])
         self._trial_bracket = {k: int(v) for k, v in state["trial_bracket"].items()}
-        self._rungs = [[decode_values(r) for r in rungs] for rungs in state["rungs"]]
         self._promoted = [[list(p) for p in ps] for ps in state["promoted"]]
+        self._rung_state = [[_Rung.restore(decode_values(r), p) for r, p in zip(rungs, ps)]
+                            for rungs, ps in zip(state["rungs"], self._promoted)]
 

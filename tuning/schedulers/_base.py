@@ -8,9 +8,10 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
+from sortedcontainers import SortedList
 
 from tuning._recorded import RecordsArgs
-from tuning._trial import ITERATION, Status, Trial
+from tuning._trial import ITERATION, TERMINAL, Status, Trial
 from tuning.space import Space
 
 __all__ = ["Decision", "DecisionPoints", "Resume", "Scheduler", "StartNew", "Suggestion",
@@ -116,12 +117,22 @@ class Scheduler(RecordsArgs):
     #: only letting them run on or stopping them
     pauses_trials: bool = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a subclass's own ``on_trial_add``/``on_result`` so that the base class sees
+        every trial's arrival order and every PAUSE it decides (:class:`_PausedTrials`)."""
+        super().__init_subclass__(**kwargs)
+        if "on_trial_add" in cls.__dict__:
+            cls.on_trial_add = _noting_add(cls.__dict__["on_trial_add"])  # type: ignore[method-assign]
+        if "on_result" in cls.__dict__:
+            cls.on_result = _noting_pause(cls.__dict__["on_result"])  # type: ignore[method-assign]
+
     def __init__(self, *, metric: str | None = None, mode: str | None = None,
                  time_attr: str = ITERATION, seed: int | None = None) -> None:
         self.metric = metric
         self.mode = check_mode(mode) if mode is not None else None
         self.time_attr = time_attr
         self.rng = np.random.default_rng(seed)
+        self._paused = _PausedTrials()
 
     # -- configuration ---------------------------------------------------------------------
     def set_objective(self, metric: str, mode: str, rng: np.random.Generator | None = None) -> None:
@@ -145,16 +156,21 @@ class Scheduler(RecordsArgs):
 
     # -- hooks -----------------------------------------------------------------------------
     def on_trial_add(self, trial: Trial) -> None:
-        pass
+        self._paused.see(trial.trial_id)
 
     def on_result(self, trial: Trial, result: Mapping[str, Any]) -> Decision:
         return Decision.CONTINUE
 
     def on_trial_complete(self, trial: Trial, result: Mapping[str, Any] | None) -> None:
-        pass
+        self._paused.discard(trial.trial_id)
 
     def on_trial_error(self, trial: Trial) -> None:
-        pass
+        self._paused.discard(trial.trial_id)
+
+    def _note_pause(self, trial: Trial) -> None:
+        """Called after this scheduler decided PAUSE for ``trial``; schedulers with their own
+        choice of paused trials (HyperBand, PBT, ASHA promote) override it."""
+        self._paused.add(trial.trial_id)
 
     def pause_at(self, trial: Trial) -> float | None:
         """The resource value at which the trial's next segment must pause, or None.
@@ -175,9 +191,14 @@ class Scheduler(RecordsArgs):
         return DecisionPoints()
 
     def choose_trial_to_run(self, trials: Mapping[str, Trial], can_start_new: bool) -> Suggestion | None:
-        for trial in trials.values():
-            if trial.status == Status.PAUSED:
-                return Resume(trial.trial_id)
+        """Resume the first paused trial (in the order trials were added), else start new.
+
+        O(log n): the paused trials are kept in a sorted set by the hooks, each checked against
+        ``trials`` before it is returned.
+        """
+        tid = self._paused.first_paused(trials)
+        if tid is not None:
+            return Resume(tid)
         return StartNew() if can_start_new else None
 
     def trials_to_stop(self, trials: Mapping[str, Trial]) -> list[str]:
@@ -195,10 +216,11 @@ class Scheduler(RecordsArgs):
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
+        return {"rng": self.rng.bit_generator.state, "paused": self._paused.to_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
+        self._paused = _PausedTrials.from_dict(state.get("paused"))
 
     # -- helpers ---------------------------------------------------------------------------
     def _value(self, result: Mapping[str, Any]) -> float:
@@ -211,3 +233,94 @@ class Scheduler(RecordsArgs):
 
     def _time(self, result: Mapping[str, Any]) -> float:
         return float(result.get(self.time_attr, result.get(ITERATION, 0)))
+
+
+def _noting_add(method: Any) -> Any:
+    def on_trial_add(self: Scheduler, trial: Trial) -> None:
+        self._paused.see(trial.trial_id)
+        method(self, trial)
+
+    on_trial_add.__doc__, on_trial_add.__wrapped__ = method.__doc__, method  # type: ignore[attr-defined]
+    return on_trial_add
+
+
+def _noting_pause(method: Any) -> Any:
+    def on_result(self: Scheduler, trial: Trial, result: Mapping[str, Any]) -> Decision:
+        decision = method(self, trial, result)
+        if decision is Decision.PAUSE:
+            self._note_pause(trial)
+        return decision
+
+    on_result.__doc__, on_result.__wrapped__ = method.__doc__, method  # type: ignore[attr-defined]
+    return on_result
+
+
+class _PausedTrials:
+    """The trials a scheduler paused, in the order the trials were added (O(log n) each).
+
+    A trial enters when its scheduler decides PAUSE and leaves when it is resumed, completes
+    or errors. The controller's ``trials`` mapping has the last word: an entry is returned
+    only while its trial is PAUSED there; an ended (or unknown) one is dropped, a RUNNING one
+    (paused by the decision, its segment not yet over) is kept for later.
+
+    Without a saved set (a state written before it existed) it is rebuilt once from ``trials``.
+    """
+
+    def __init__(self) -> None:
+        self._order: dict[str, int] = {}
+        self._sorted: SortedList = SortedList()
+        self.known = True
+
+    def see(self, tid: str) -> int:
+        n = self._order.get(tid)
+        if n is None:
+            n = self._order[tid] = len(self._order)
+        return n
+
+    def add(self, tid: str) -> None:
+        key = (self.see(tid), tid)
+        if key not in self._sorted:
+            self._sorted.add(key)
+
+    def discard(self, tid: str) -> None:
+        n = self._order.get(tid)
+        if n is not None:
+            self._sorted.discard((n, tid))
+
+    def first_paused(self, trials: Mapping[str, Trial]) -> str | None:
+        if not self.known:
+            self._rebuild(trials)
+        i = 0
+        while i < len(self._sorted):
+            key = self._sorted[i]
+            trial = trials.get(key[1])
+            if trial is not None and trial.status == Status.PAUSED:
+                del self._sorted[i]
+                return key[1]
+            if trial is None or trial.status in TERMINAL:
+                del self._sorted[i]
+            else:
+                i += 1
+        return None
+
+    def _rebuild(self, trials: Mapping[str, Trial]) -> None:
+        for tid, trial in trials.items():
+            self.see(tid)
+            if trial.status == Status.PAUSED:
+                self.add(tid)
+        self.known = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"order": list(self._order), "paused": [tid for _, tid in self._sorted]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> _PausedTrials:
+        out = cls()
+        if d is None:
+            out.known = False
+            return out
+        for tid in d["order"]:
+            out.see(str(tid))
+        for tid in d["paused"]:
+            out.add(str(tid))
+        return out

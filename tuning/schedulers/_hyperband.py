@@ -124,6 +124,8 @@ class _Bracket:
     level: int = 0
     closed: bool = False
     done: bool = False
+    #: members of the current level neither recorded there nor ended (kept by HyperBand)
+    waiting: int = 0
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -203,6 +205,7 @@ class HyperBand(Scheduler):
         self._filling = 0
         self._rounds = 1  # rounds of brackets begun; self._brackets holds them all, in order
         self._no_more = False  # the controller can start no more trials: no round will begin
+        self._first_not_done = 0  # every bracket before it is done
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "max_t": self.max_t, "grace_period": self.grace_period,
@@ -215,6 +218,8 @@ class HyperBand(Scheduler):
         j = self._bracket_index(trial.info.get("bracket"))
         b = self._brackets[j]
         b.members[0].append(trial.trial_id)
+        if b.level == 0 and trial.trial_id not in self._ended:
+            b.waiting += 1
         self._trial_bracket[trial.trial_id] = j
         self._trial_level[trial.trial_id] = 0
         trial.bracket = b.plan.s
@@ -222,7 +227,10 @@ class HyperBand(Scheduler):
             self._close(j)
 
     def _bracket_index(self, s: Any) -> int:
-        for j, b in enumerate(self._brackets):
+        # every bracket before ``_filling`` is closed: the first open one with plan ``s`` is
+        # found from there (the one being filled, nearly always)
+        for j in range(min(self._filling, len(self._brackets)), len(self._brackets)):
+            b = self._brackets[j]
             if b.plan.s == s and not b.closed:
                 return j
         return min(self._filling, len(self._brackets) - 1)
@@ -245,14 +253,17 @@ class HyperBand(Scheduler):
             self._record(trial, j, i, self._value(result))
             trial.rung = as_rung(milestone)
         final = i == len(b.plan.milestones) - 1 or t >= self.max_t
-        if final:
-            self._ended.add(trial.trial_id)  # it ends now; do not wait for on_trial_complete
+        if final:  # it ends now; do not wait for on_trial_complete
+            self._mark_ended(trial.trial_id)
         self._advance(j)
         return Decision.STOP if final else Decision.PAUSE
 
     def _record(self, trial: Trial, j: int, i: int, value: float) -> None:
         """Record a rung value (BOHB extends this to feed its model)."""
-        self._brackets[j].recorded[i][trial.trial_id] = value
+        b = self._brackets[j]
+        b.recorded[i][trial.trial_id] = value
+        if i == b.level and trial.trial_id not in self._ended:
+            b.waiting -= 1
 
     def on_trial_complete(self, trial: Trial, result: Mapping[str, Any] | None) -> None:
         self._end(trial)
@@ -261,22 +272,41 @@ class HyperBand(Scheduler):
         self._end(trial)
 
     def _end(self, trial: Trial) -> None:
-        self._ended.add(trial.trial_id)
+        self._mark_ended(trial.trial_id)
         if trial.trial_id in self._trial_bracket:
             self._advance(self._trial_bracket[trial.trial_id])
+
+    def _mark_ended(self, tid: str) -> None:
+        if tid in self._ended:
+            return
+        self._ended.add(tid)
+        j = self._trial_bracket.get(tid)
+        if j is not None:
+            b = self._brackets[j]
+            i = self._trial_level[tid]
+            if i == b.level and tid not in b.recorded[i]:
+                b.waiting -= 1
+
+    def _count_waiting(self, b: _Bracket) -> int:
+        i = b.level
+        return sum(1 for t in b.members[i] if t not in b.recorded[i] and t not in self._ended)
+
+    def _note_pause(self, trial: Trial) -> None:
+        """Paused trials are resumed from the rung decisions (``_to_resume``)."""
 
     def _advance(self, j: int) -> None:
         """Decide the current rung of bracket ``j`` once it is complete."""
         b = self._brackets[j]
         while not b.done and b.closed:
             i = b.level
-            if any(t not in b.recorded[i] and t not in self._ended for t in b.members[i]):
+            if b.waiting > 0:  # a member is neither recorded at this level nor ended
                 return
             if i == len(b.plan.milestones) - 1:
                 b.done = True
                 return
             top, rest = successive_halving(b.recorded[i], b.sizes[i + 1], self._ended)
             b.members[i + 1], b.level = top, i + 1
+            b.waiting = self._count_waiting(b)
             for tid in top:
                 self._trial_level[tid] = i + 1
             self._to_resume.extend(top)
@@ -351,7 +381,10 @@ class HyperBand(Scheduler):
         return out
 
     def is_finished(self, trials: Mapping[str, Trial]) -> bool:
-        if not all(b.done for b in self._brackets):
+        while (self._first_not_done < len(self._brackets)
+               and self._brackets[self._first_not_done].done):
+            self._first_not_done += 1
+        if self._first_not_done < len(self._brackets):
             return False
         return self._no_more or not self._may_begin_round()
 
@@ -378,3 +411,6 @@ class HyperBand(Scheduler):
         self._to_resume = list(state["to_resume"])
         self._to_stop = list(state["to_stop"])
         self._filling = int(state["filling"])
+        self._first_not_done = 0
+        for b in self._brackets:
+            b.waiting = self._count_waiting(b)
