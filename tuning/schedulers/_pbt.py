@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sortedcontainers import SortedList
 
-from tuning._trial import ITERATION, Status, Trial
+from tuning._trial import ITERATION, TERMINAL, Status, Trial
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew, Suggestion
 from tuning.schedulers._common import (
     Number,
@@ -190,6 +191,9 @@ class PBT(Scheduler):
         self._scores: dict[str, float] = {}
         self._last_pause: dict[str, float] = {}
         self._errored: set[str] = set()
+        # paused trials as (last pause, id), the next to resume first; None: rebuild from trials
+        self._waiting: SortedList | None = SortedList()
+        self._waiting_key: dict[str, tuple[float, str]] = {}
 
     def set_search_space(self, space: Space) -> None:
         """Mutate every numeric domain of ``space`` when no ``hyperparam_mutations`` are given."""
@@ -229,15 +233,57 @@ class PBT(Scheduler):
     def on_trial_error(self, trial: Trial) -> None:
         self._errored.add(trial.trial_id)
         self._scores.pop(trial.trial_id, None)
+        self._unwait(trial.trial_id)
+
+    def on_trial_complete(self, trial: Trial, result: Mapping[str, Any] | None) -> None:
+        self._unwait(trial.trial_id)
+
+    def _note_pause(self, trial: Trial) -> None:
+        self._wait(trial.trial_id)
+
+    def _wait(self, tid: str) -> None:
+        if self._waiting is None:
+            return  # rebuilt from the trials at the next choice
+        self._unwait(tid)
+        key = self._waiting_key[tid] = (self._last_pause.get(tid, 0.0), tid)
+        self._waiting.add(key)
+
+    def _unwait(self, tid: str) -> None:
+        key = self._waiting_key.pop(tid, None)
+        if key is not None and self._waiting is not None:
+            self._waiting.discard(key)
+
+    def _next_paused(self, trials: Mapping[str, Trial]) -> Trial | None:
+        """The paused trial with the smallest last pause (ties: id), O(log n) amortized.
+
+        Checked against ``trials``: an ended or unknown entry is dropped, a RUNNING one (its
+        PAUSE decided, its segment not over yet) is kept for later.
+        """
+        if self._waiting is None:
+            self._waiting = SortedList()
+            for tid, t in trials.items():
+                if t.status == Status.PAUSED:
+                    self._wait(tid)
+        i = 0
+        while i < len(self._waiting):
+            key = self._waiting[i]
+            trial = trials.get(key[1])
+            if trial is not None and trial.status == Status.PAUSED:
+                return trial
+            if trial is None or trial.status in TERMINAL:
+                self._unwait(key[1])
+            else:
+                i += 1
+        return None
 
     # -- exploit / explore -----------------------------------------------------------------
     def choose_trial_to_run(self, trials: Mapping[str, Trial], can_start_new: bool) -> Suggestion | None:
         if can_start_new:
             return StartNew()
-        paused = [t for t in trials.values() if t.status == Status.PAUSED]
-        if not paused:
+        trial = self._next_paused(trials)
+        if trial is None:
             return None
-        trial = min(paused, key=lambda t: (self._last_pause.get(t.trial_id, 0.0), t.trial_id))
+        self._unwait(trial.trial_id)
         return self._exploit(trial, trials)
 
     def _exploit(self, trial: Trial, trials: Mapping[str, Trial]) -> Resume:
@@ -253,14 +299,21 @@ class PBT(Scheduler):
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        waiting = None if self._waiting is None else [tid for _, tid in self._waiting]
         return {**super().state_dict(), "scores": encode_values(self._scores),
-                "last_pause": dict(self._last_pause), "errored": sorted(self._errored)}
+                "last_pause": dict(self._last_pause), "errored": sorted(self._errored),
+                "waiting": waiting}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self._scores = decode_values(state["scores"])
         self._last_pause = {k: float(v) for k, v in state["last_pause"].items()}
         self._errored = set(state["errored"])
+        self._waiting, self._waiting_key = None, {}
+        if state.get("waiting") is not None:
+            self._waiting = SortedList()
+            for tid in state["waiting"]:
+                self._wait(str(tid))
 
 
 def _check_fraction(name: str, value: Any, high: float, allow_zero: bool = False) -> float:
