@@ -16,7 +16,14 @@ import pytest
 
 from tuning import ASHA, Status, Tuner, uniform
 from tuning.backends import BackendError, make_backend
+from tuning.backends._base import Done, Lost, Result, Started
 from tuning.backends.ray import RayBackend
+from tuning.controller import Budget, Controller
+from tuning.experiment import Journal
+from tuning.schedulers import FIFO
+from tuning.searchers import RandomSearch
+from tuning.space import Space
+from tuning.trainable import Segment, SegmentSummary
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +87,12 @@ def test_local_ray_runs_asha_and_streams_results(tmp_path):
     _check_run(result, tmp_path, "ray-local")
 
 
+def _poll_until(b, msgs, pred, deadline):
+    while not any(pred(m) for m in msgs) and time.monotonic() < deadline:
+        msgs += b.poll(1.0)
+    return msgs
+
+
 def test_local_backend_slots_resources_and_stop():
     b = RayBackend(num_cpus=2, resources={"CPU": 1})
     with b:
@@ -88,38 +101,117 @@ def test_local_backend_slots_resources_and_stop():
         assert b.describe()["run_id"].startswith("rungflow-")
         import trainables
 
-        from tuning.trainable import Segment
-
         b.prepare(trainables.curve)
         seg = Segment(trial_id="t0", segment_id=0, config={"x": 1.0, "iters": 50, "sleep": 0.05},
                       storage=tempfile.mkdtemp(prefix="rungflow-ray-"))
-        b.submit(trainables.curve, seg)
-        msgs: list[dict] = []
+        b.submit(seg)
         deadline = time.monotonic() + 60
-        while not any(m["type"] == "result" for m in msgs) and time.monotonic() < deadline:
-            msgs += b.poll(1.0)
+        msgs = _poll_until(b, [], lambda m: isinstance(m, Result), deadline)
         b.stop("t0")
-        while not any(m["type"] in ("done", "lost") for m in msgs) and \
-                time.monotonic() < deadline:
-            msgs += b.poll(1.0)
-        kinds = [m["type"] for m in msgs]
-        assert kinds[0] == "started" and kinds[-1] == "done", kinds
-        done = msgs[-1]["summary"]
-        assert done["status"] == "stopped" and len(done["results"]) < 50
-        streamed = [m["result"]["training_iteration"] for m in msgs if m["type"] == "result"]
-        assert streamed == [r["training_iteration"] for r in done["results"]]
+        msgs = _poll_until(b, msgs, lambda m: isinstance(m, (Done, Lost)), deadline)
+        assert isinstance(msgs[0], Started) and isinstance(msgs[-1], Done), msgs
+        summary = msgs[-1].summary
+        assert isinstance(summary, SegmentSummary)
+        assert summary.status == "stopped" and summary.last_iteration < 50
+        # every result streamed, in order, before the segment's end
+        streamed = [m.result["training_iteration"] for m in msgs if isinstance(m, Result)]
+        assert streamed == list(range(1, summary.last_iteration + 1))
+        b.segment_finished("t0")
         # a worker that dies is a lost segment (Ray does not retry it: the controller decides)
         import _cluster_stub
 
-        b.submit(_cluster_stub.crash, Segment(trial_id="t1", segment_id=0, config={},
-                                              storage=seg.storage))
-        msgs = []
-        while not any(m["type"] in ("done", "lost") for m in msgs) and \
-                time.monotonic() < deadline:
-            msgs += b.poll(1.0)
-        assert msgs[-1]["type"] == "lost" and msgs[-1]["trial_id"] == "t1", msgs
-        assert "WorkerCrashedError" in msgs[-1]["error"] or "died" in msgs[-1]["error"]
+        b.prepare(_cluster_stub.crash)
+        b.submit(Segment(trial_id="t1", segment_id=1, config={}, storage=seg.storage))
+        msgs = _poll_until(b, [], lambda m: isinstance(m, (Done, Lost)), deadline)
+        assert isinstance(msgs[-1], Lost) and msgs[-1].trial_id == "t1", msgs
+        assert "WorkerCrashedError" in msgs[-1].error or "died" in msgs[-1].error
         shutil.rmtree(seg.storage, ignore_errors=True)
+
+
+def test_decision_point_waits_for_the_answer_and_kill_reports_lost_once(tmp_path):
+    """A report() at a decision point waits for decide(); kill() ends a hung task with one
+    Lost (the task's later TaskCancelledError is not reported again)."""
+    import trainables
+
+    with RayBackend(num_cpus=2) as b:
+        b.prepare(trainables.curve)
+        seg = Segment(trial_id="t0", segment_id=3, config={"x": 1.0, "iters": 9, "sleep": 0.01},
+                      storage=str(tmp_path), decide_at=[2.0])
+        b.submit(seg)
+        deadline = time.monotonic() + 60
+        msgs = _poll_until(b, [], lambda m: isinstance(m, Result) and m.awaits, deadline)
+        waiting = [m for m in msgs if isinstance(m, Result) and m.awaits]
+        assert [m.result["training_iteration"] for m in waiting] == [2]
+        time.sleep(0.5)  # the trial waits: nothing past iteration 2 arrives meanwhile
+        msgs += b.poll(0.0)
+        assert max(m.result["training_iteration"] for m in msgs if isinstance(m, Result)) == 2
+        b.decide("t0", 3, 2, False)  # go on
+        msgs = _poll_until(b, msgs, lambda m: isinstance(m, (Done, Lost)), deadline)
+        assert isinstance(msgs[-1], Done) and msgs[-1].summary.status == "returned", msgs
+        assert msgs[-1].summary.last_iteration == 9
+        b.segment_finished("t0")
+
+        b.prepare(trainables.hangs)
+        b.submit(Segment(trial_id="t1", segment_id=4, config={}, storage=str(tmp_path)))
+        msgs = _poll_until(b, [], lambda m: isinstance(m, Result), deadline)
+        t0 = time.monotonic()
+        b.kill("t1")
+        msgs = _poll_until(b, [], lambda m: isinstance(m, (Done, Lost)), deadline)
+        assert time.monotonic() - t0 < 5
+        assert msgs[-1] == Lost("t1", 4, "killed after timeout_s"), msgs
+        b.segment_finished("t1")
+        later: list = []
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            later += b.poll(0.2)
+        assert not [m for m in later if isinstance(m, (Done, Lost))], later
+
+
+def _controller(tmp_path, scheduler, trainable, space, n, backend, **kw):
+    d = str(tmp_path / "exp")
+    return Controller(name="exp", trainable=trainable, space=Space(space), metric="score",
+                      mode="max", scheduler=scheduler, searcher=RandomSearch(), backend=backend,
+                      journal=Journal(d), storage=d, budget=Budget(num_samples=n), seed=0, **kw)
+
+
+def test_asha_stop_at_a_milestone_trains_no_iteration_past_it(tmp_path):
+    """The milestone is a decision point: report() waits there for the answer, so a trial
+    stopped at its first milestone reports nothing after it, on a real Ray."""
+    import trainables
+
+    with RayBackend(num_cpus=2) as b:
+        ctl = _controller(tmp_path, ASHA(max_t=9, grace_period=1, reduction_factor=3),
+                          trainables.curve, {"x": uniform(0, 1), "iters": 9, "sleep": 0.02},
+                          n=12, backend=b).run()
+    trials = list(ctl.trials.values())
+    stopped = [t for t in trials if t.status == Status.STOPPED]
+    assert stopped, [(t.trial_id, t.status, t.iteration) for t in trials]
+    assert any(t.stopped_at == 1 for t in stopped), [(t.trial_id, t.stopped_at) for t in stopped]
+    for t in stopped:
+        assert t.iteration == t.stopped_at, (t.trial_id, t.iteration, t.stopped_at)
+        assert [r["training_iteration"] for r in t.results] == list(range(1, t.iteration + 1))
+    assert all(t.status in (Status.STOPPED, Status.TERMINATED) for t in trials), \
+        [(t.trial_id, t.status, t.error) for t in trials]
+    assert any(t.status == Status.TERMINATED and t.iteration == 9 for t in trials)
+
+
+def test_hung_trial_is_killed_after_timeout_s(tmp_path):
+    """A trial that never reports again is force-cancelled after timeout_s and ends as ERROR
+    within seconds (it never reads a stop)."""
+    import trainables
+
+    with RayBackend(num_cpus=2) as b:
+        t0 = time.monotonic()
+        ctl = _controller(tmp_path, FIFO(), trainables.hangs, {"x": uniform(0, 1)}, n=2,
+                          backend=b, trial_timeout_s=2.0).run()
+        took = time.monotonic() - t0
+    trials = list(ctl.trials.values())
+    assert len(trials) == 2
+    assert all(t.status == Status.ERROR and "timeout_s=2" in (t.error or "") for t in trials), \
+        [(t.trial_id, t.status, t.error) for t in trials]
+    assert took < 20, took
+    failures = [e for e in ctl.journal.read() if e["event"] == "failure"]
+    assert not failures, failures  # one Lost per trial, not retried nor reported twice
 
 
 def _session_processes(sid: int, marker: str) -> list[str]:

@@ -1,17 +1,23 @@
 """Ray backend: segments as Ray tasks on a local Ray, an existing cluster, or one launched for
 the run with ``ray up`` from a cluster-launcher YAML (and torn down with ``ray down`` after it).
 
-Results stream to the driver as they are reported: each worker sends its messages to a hub, a
-Ray actor named ``rungflow-<id>`` for the run, without waiting for them to arrive
-(``put.remote``); the driver drains the hub and watches the tasks' refs (``ray.wait``). Stops travel the other way through the same hub
-(checked at each ``report()``), and so does the latest checkpoint a restarted segment resumes
-from. Nothing assumes a shared file system between driver and workers.
+Results stream to the driver as they are reported: each worker sends its messages to a hub, an
+async Ray actor named ``rungflow-<id>`` for the run, without waiting for them to arrive
+(``put.remote``); the driver drains the hub and watches the tasks' refs (``ray.wait``). Answers
+travel the other way through the same hub, and no ``report()`` blocks on them but at a
+decision point: each ``put`` returns whether the trial has been asked to stop, which the next
+``report()`` reads from the refs already back (``ray.wait(..., timeout=0)``); at a decision
+point ``report()`` makes one blocking call, ``await_decision``, which the hub answers as soon
+as the driver's ``decide`` reaches it (the driver never waits for that delivery). The
+trainable is ``ray.put`` once per run; a hung trial is ended with ``ray.cancel(force=True)``.
+Nothing assumes a shared file system between driver and workers.
 
 Ray is imported lazily: ``import tuning`` stays light.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -25,8 +31,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tuning.backends._base import Backend, BackendError
-from tuning.trainable import Segment, run_segment
+from tuning.backends._base import Backend, BackendError, Done, Lost, Message, message_from_dict
+from tuning.trainable import Segment, SegmentSummary, run_segment
 
 __all__ = ["RayBackend"]
 
@@ -34,55 +40,134 @@ log = logging.getLogger("tuning.backends.ray")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+_Key = tuple[str, int]  # (trial id, segment id)
+
 
 class _Hub:
-    """The run's message hub (a Ray actor): workers put messages, the driver drains them.
+    """The run's message hub (an async Ray actor): workers put messages, the driver drains
+    them and answers.
 
-    A plain (not async, not threaded) actor: calls from one caller run in the order they were
-    made, so a worker's messages reach the driver in order, and once a worker has seen its last
-    ``put`` done, the hub holds all of its messages.
+    An async actor, so that a ``report()`` waiting for its decision (``await_decision``) does
+    not hold up anyone else's calls. Ray runs an async actor's calls out of order, so each
+    segment numbers its messages and the hub hands them to the driver in that order (a message
+    that overtook an earlier one waits for it). No method awaits before it has updated the
+    state, so each call's effect is atomic on the actor's event loop.
+
+    Everything is keyed by (trial id, segment id): calls from the driver may be reordered too,
+    and a stop, an answer or a checkpoint must reach only the segment it was meant for.
     """
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
-        self.stops: set[str] = set()
-        self.checkpoints: dict[str, dict[str, Any]] = {}
+        self.next_seq: dict[_Key, int] = {}
+        self.held: dict[_Key, dict[int, dict[str, Any]]] = {}
+        self.stops: set[_Key] = set()
+        self.answers: dict[_Key, tuple[int, bool]] = {}  # -> (iteration, stop)
+        self.checkpoints: dict[_Key, dict[str, Any]] = {}
+        self.changed: asyncio.Condition | None = None
 
-    def put(self, message: dict[str, Any]) -> None:
+    def _cond(self) -> asyncio.Condition:
+        if self.changed is None:  # made on the actor's event loop, where it is used
+            self.changed = asyncio.Condition()
+        return self.changed
+
+    async def put(self, seq: int, message: dict[str, Any]) -> bool:
+        """Take the ``seq``-th message of its segment; True when the trial is to stop."""
+        key = (message["trial_id"], message["segment_id"])
+        expected = self.next_seq.get(key, 0)
+        if seq != expected:
+            self.held.setdefault(key, {})[seq] = message
+            return key in self.stops
         self.messages.append(message)
+        expected += 1
+        held = self.held.get(key)
+        while held and expected in held:
+            self.messages.append(held.pop(expected))
+            expected += 1
+        if held is not None and not held:
+            del self.held[key]
+        self.next_seq[key] = expected
+        return key in self.stops
 
-    def drain(self) -> list[dict[str, Any]]:
+    async def drain(self) -> list[dict[str, Any]]:
         out, self.messages = self.messages, []
         return out
 
-    def begin(self, trial_id: str, checkpoint: dict[str, Any] | None) -> None:
-        """A new segment of ``trial_id``: forget an old stop, start from its own checkpoint."""
-        self.stops.discard(trial_id)
-        if checkpoint:
-            self.checkpoints[trial_id] = checkpoint
-        else:
-            self.checkpoints.pop(trial_id, None)
+    async def stop(self, trial_id: str, segment_id: int) -> None:
+        self.stops.add((trial_id, segment_id))
+        await self._notify()
 
-    def stop(self, trial_id: str) -> None:
-        self.stops.add(trial_id)
+    async def decide(self, trial_id: str, segment_id: int, iteration: int, stop: bool) -> None:
+        key = (trial_id, segment_id)
+        got = self.answers.get(key)
+        if got is None or iteration >= got[0]:
+            self.answers[key] = (iteration, stop)
+        if stop:
+            self.stops.add(key)
+        await self._notify()
 
-    def should_stop(self, trial_id: str) -> bool:
-        return trial_id in self.stops
+    async def _notify(self) -> None:
+        cond = self._cond()
+        async with cond:
+            cond.notify_all()
 
-    def set_checkpoint(self, trial_id: str, checkpoint: dict[str, Any]) -> None:
-        self.checkpoints[trial_id] = checkpoint
+    def _answer(self, key: _Key, iteration: int) -> bool | None:
+        if key in self.stops:
+            return True
+        got = self.answers.get(key)
+        if got is not None and got[0] >= iteration:
+            return got[1]
+        return None
 
-    def get_checkpoint(self, trial_id: str) -> dict[str, Any] | None:
-        return self.checkpoints.get(trial_id)
+    async def await_decision(self, trial_id: str, segment_id: int, iteration: int,
+                             timeout: float) -> bool | None:
+        """The driver's answer on the result of ``iteration``: True to stop, False to go on,
+        None when none came within ``timeout`` seconds."""
+        key = (trial_id, segment_id)
+        answer = self._answer(key, iteration)
+        if answer is not None:
+            return answer
+        cond = self._cond()
+        try:
+            async with cond:
+                await asyncio.wait_for(
+                    cond.wait_for(lambda: self._answer(key, iteration) is not None), timeout)
+        except asyncio.TimeoutError:
+            return None
+        return self._answer(key, iteration)
+
+    async def set_checkpoint(self, trial_id: str, segment_id: int,
+                             checkpoint: dict[str, Any]) -> None:
+        key = (trial_id, segment_id)
+        got = self.checkpoints.get(key)
+        if got is None or int(checkpoint.get("iteration", 0)) >= int(got.get("iteration", 0)):
+            self.checkpoints[key] = checkpoint
+
+    async def get_checkpoint(self, trial_id: str, segment_id: int) -> dict[str, Any] | None:
+        return self.checkpoints.get((trial_id, segment_id))
+
+    async def forget(self, trial_id: str, segment_id: int) -> None:
+        """The driver is done with the segment."""
+        key = (trial_id, segment_id)
+        for table in (self.next_seq, self.held, self.answers, self.checkpoints):
+            table.pop(key, None)
+        self.stops.discard(key)
+
+    async def ping(self) -> bool:
+        return True
 
 
 class _RayChannel:
-    """Worker side: talks to the driver through the hub actor."""
+    """Worker side: talks to the driver through the hub actor; blocks only at decision
+    points (and once at the start, for the newest checkpoint)."""
 
-    def __init__(self, hub: Any, trial_id: str) -> None:
+    def __init__(self, hub: Any, segment: Segment) -> None:
         self.hub = hub
-        self.trial_id = trial_id
-        self._last: Any = None
+        self.trial_id = segment.trial_id
+        self.segment_id = segment.segment_id
+        self.seq = 0
+        self._pending: list[Any] = []  # puts whose answer (stop or not) is not read yet
+        self._stop = False
 
     def started(self, segment: Segment) -> dict[str, Any] | None:
         import ray
@@ -90,27 +175,51 @@ class _RayChannel:
         self.send({"type": "started", "trial_id": segment.trial_id,
                    "segment_id": segment.segment_id,
                    "worker": ray.get_runtime_context().get_node_id(), "pid": os.getpid()})
-        return ray.get(self.hub.get_checkpoint.remote(self.trial_id))
+        return ray.get(self.hub.get_checkpoint.remote(self.trial_id, self.segment_id))
 
     def send(self, message: dict[str, Any]) -> None:
-        self._last = self.hub.put.remote(message)  # no ray.get: the worker does not wait
+        # no ray.get: the worker does not wait; put's answer is read later by should_stop
+        self._pending.append(self.hub.put.remote(self.seq, message))
+        self.seq += 1
 
     def should_stop(self) -> bool:
+        """Whether a put already answered says stop: never waits."""
         import ray
 
-        return bool(ray.get(self.hub.should_stop.remote(self.trial_id)))
+        if self._stop or not self._pending:
+            return self._stop
+        ready, self._pending = ray.wait(self._pending, num_returns=len(self._pending),
+                                        timeout=0, fetch_local=True)
+        if ready and any(ray.get(ready)):
+            self._stop = True
+        return self._stop
+
+    def wait_decision(self, iteration: int, timeout: float) -> bool | None:
+        import ray
+
+        ref = self.hub.await_decision.remote(self.trial_id, self.segment_id, iteration, timeout)
+        try:
+            stop = ray.get(ref, timeout=timeout + 10.0)
+        except Exception as exc:  # noqa: BLE001 - the hub (the driver) is gone or stalled
+            log.warning("no decision for %s at iteration %s: %s", self.trial_id, iteration, exc)
+            return None
+        if stop:
+            self._stop = True
+        return stop
 
     def flush(self) -> None:
-        """Wait until the hub holds every message sent (calls from one caller run in order)."""
+        """Wait until the hub holds every message sent."""
         import ray
 
-        if self._last is not None:
-            ray.get(self._last)
+        if self._pending:
+            ray.get(self._pending)
+            self._pending = []
 
 
-def _run_on_worker(trainable: Callable[..., Any], segment: dict[str, Any], hub: Any) -> dict:
+def _run_on_worker(trainable: Callable[..., Any], segment: dict[str, Any],
+                   hub: Any) -> SegmentSummary:
     seg = Segment(**segment)
-    channel = _RayChannel(hub, seg.trial_id)
+    channel = _RayChannel(hub, seg)
     try:
         return run_segment(trainable, seg, channel)
     finally:
@@ -152,7 +261,10 @@ class RayBackend(Backend):
         self._remote: Any = None
         self._trainable_ref: Any = None
         self._trainable: Any = None
-        self._refs: dict[Any, Segment] = {}
+        self._refs: dict[Any, Segment] = {}  # running task -> its segment
+        self._tasks: dict[str, Any] = {}  # trial id -> its running task's ref
+        self._segment_ids: dict[str, int] = {}  # trial id -> its current segment
+        self._lost: list[Message] = []  # delivered by the next poll (a killed trial)
         self._owns_connection = False
         self._launched = False
         self._slots: tuple[float, int] | None = None
@@ -236,6 +348,8 @@ class RayBackend(Backend):
             log.warning("Ray backend: cleaning up the run's tasks failed: %s", exc)
         finally:
             self._refs.clear()
+            self._tasks.clear()
+            self._segment_ids.clear()
             self._hub = self._remote = self._trainable_ref = None
             if self._owns_connection:
                 ray.shutdown()
@@ -317,38 +431,43 @@ class RayBackend(Backend):
 
     # -- segments --------------------------------------------------------------------------
     def prepare(self, trainable: Callable[..., Any]) -> None:
+        """Ship the trainable once (``ray.put``), not with every segment."""
         import ray
 
         self._trainable = trainable
-        self._trainable_ref = ray.put(trainable)  # shipped once, not with every segment
+        self._trainable_ref = ray.put(trainable)
 
-    def submit(self, trainable: Callable[..., Any], segment: Segment) -> None:
-        if self._trainable_ref is None or trainable is not self._trainable:
-            self.prepare(trainable)
-        ckpt = ({"checkpoint": segment.checkpoint, "iteration": segment.start_iteration}
-                if segment.checkpoint else None)
-        self._hub.begin.remote(segment.trial_id, ckpt)
+    def submit(self, segment: Segment) -> None:
+        if self._trainable_ref is None:
+            raise RuntimeError("RayBackend.submit() before prepare(trainable)")
+        tid = segment.trial_id
         need = {k.lower(): float(v) for k, v in (segment.resources or self.resources).items()}
         custom = {k.split(":", 1)[1]: v for k, v in need.items() if k.startswith("custom:") and v}
         options: dict[str, Any] = {"num_cpus": need.get("cpu", 1.0),
                                    "num_gpus": need.get("gpu", 0.0), "max_retries": 0,
                                    "retry_exceptions": False,
-                                   "name": f"{segment.trial_id}-seg{segment.segment_id}"}
+                                   "name": f"{tid}-seg{segment.segment_id}"}
         if custom:
             options["resources"] = custom
         ref = self._remote.options(**options).remote(self._trainable_ref, segment.to_dict(),
                                                      self._hub)
         self._refs[ref] = segment
+        self._tasks[tid] = ref
+        self._segment_ids[tid] = segment.segment_id
 
-    def poll(self, timeout: float) -> list[dict[str, Any]]:
+    def poll(self, timeout: float) -> list[Message]:
         import ray
 
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             ready = self._ready(0.0)
             # a finished task's messages reached the hub before it returned: drain after wait
-            msgs = ray.get(self._hub.drain.remote())
-            out = msgs + [m for m in (self._finish(ref) for ref in ready) if m is not None]
+            raw = ray.get(self._hub.drain.remote())
+            out: list[Message] = [m for m in map(message_from_dict, raw) if m is not None]
+            out += [m for m in map(self._finish, ready) if m is not None]
+            if self._lost:
+                out += self._lost
+                self._lost = []
             left = deadline - time.monotonic()
             if out or left <= 0:
                 return out
@@ -367,26 +486,60 @@ class RayBackend(Backend):
                             fetch_local=False)
         return ready
 
-    def _finish(self, ref: Any) -> dict[str, Any] | None:
+    def _finish(self, ref: Any) -> Message | None:
         import ray
 
-        segment = self._refs.pop(ref)
-        base = {"trial_id": segment.trial_id, "segment_id": segment.segment_id}
+        segment = self._refs.pop(ref, None)
+        if segment is None:  # killed by us: its Lost is already on its way
+            return None
+        tid, sid = segment.trial_id, segment.segment_id
+        if self._tasks.get(tid) is ref:
+            del self._tasks[tid]
         try:
             summary = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
-            return None
+            return Lost(tid, sid, "the cluster cancelled the task")
         except Exception as exc:  # noqa: BLE001 - worker or node died, task refused, ...
-            return {**base, "type": "lost", "error": f"{type(exc).__name__}: {exc}"}
-        return {**base, "type": "done", "summary": summary}
+            return Lost(tid, sid, f"{type(exc).__name__}: {exc}")
+        if not isinstance(summary, SegmentSummary):
+            return Lost(tid, sid, f"the task returned {type(summary).__name__}, not a summary")
+        return Done(tid, sid, summary)
+
+    def decide(self, trial_id: str, segment_id: int, iteration: int, stop: bool) -> None:
+        if self._hub is not None:
+            self._hub.decide.remote(trial_id, segment_id, iteration, stop)  # no ray.get
 
     def stop(self, trial_id: str) -> None:
-        if self._hub is not None:
-            self._hub.stop.remote(trial_id)
+        sid = self._segment_ids.get(trial_id)
+        if self._hub is not None and sid is not None:
+            self._hub.stop.remote(trial_id, sid)
+
+    def kill(self, trial_id: str) -> None:
+        """End a trial that does not report (hung): force-cancel its task (Ray kills the worker
+        process running it) and deliver a :class:`Lost` for its segment, once: the task's
+        ``TaskCancelledError`` is never reported (its ref is forgotten here)."""
+        import ray
+
+        ref = self._tasks.pop(trial_id, None)
+        if ref is None:
+            return
+        segment = self._refs.pop(ref, None)
+        with contextlib.suppress(Exception):  # already finished: nothing to cancel
+            ray.cancel(ref, force=True)
+        if segment is not None:
+            self._lost.append(Lost(trial_id, segment.segment_id, "killed after timeout_s"))
 
     def checkpoint_saved(self, trial_id: str, url: str, iteration: int) -> None:
-        if self._hub is not None:
-            self._hub.set_checkpoint.remote(trial_id, {"checkpoint": url, "iteration": iteration})
+        sid = self._segment_ids.get(trial_id)
+        if self._hub is not None and sid is not None:
+            self._hub.set_checkpoint.remote(trial_id, sid,
+                                            {"checkpoint": url, "iteration": iteration})
+
+    def segment_finished(self, trial_id: str) -> None:
+        sid = self._segment_ids.pop(trial_id, None)
+        self._tasks.pop(trial_id, None)
+        if self._hub is not None and sid is not None:
+            self._hub.forget.remote(trial_id, sid)
 
 
 def _with_driver_path(job_config: Any) -> Any:
