@@ -138,6 +138,8 @@ class LeanJournal(Journal):
         record = {"seq": self._seq, "event": event, **data}
         if event != "state":
             self.events.append(record)
+            if self.on_durable is not None:
+                self.on_durable([record])
         return record
 
     def flush(self) -> None:

@@ -12,6 +12,7 @@ import yaml
 
 from tuning import ASHA, Tuner, uniform
 from tuning.cli import main as cli
+from tuning.tracking.mlflow import join_writers
 
 BASE = {"name": "bad", "trainable": "tests.trainables:curve", "metric": "score", "mode": "max",
         "num_samples": 2, "space": {"x": {"type": "uniform", "low": 0, "high": 1}},
@@ -27,6 +28,7 @@ def recorded(tmp_path_factory):
           metric="accuracy", mode="max", num_samples=3, scheduler=ASHA(max_t=9),
           backend={"type": "simulated"}, storage_path=storage, tracking_uri=uri, seed=0,
           name="earlier").run()
+    assert join_writers(), "the MLflow writer is still drawing the plots"
     return d, storage, uri
 
 
@@ -100,15 +102,29 @@ def test_unreachable_tracking_uri(tmp_path, recorded, capsys):
     assert rc == 2 and "tracking_uri" in err and "cannot reach the MLflow server" in err
 
 
-def test_resume_with_a_changed_space_is_refused(recorded, capsys):
+def test_resume_with_a_changed_space_is_refused(tmp_path, recorded, capsys):
+    import json
+    import shutil
+
+    from tuning.experiment import find_experiment_dirs
+
     d, storage, uri = recorded
     from tuning.tuner import Tuner as T
 
-    before = snapshot(d, uri)
+    # an interrupted copy of the recorded run: its journal without the final event
+    src = find_experiment_dirs(storage)[0]
+    dst = tmp_path / "runs" / src.rsplit("/", 1)[-1]
+    shutil.copytree(src, dst)
+    lines = (dst / "journal.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if json.loads(ln)["event"] != "finished"]
+    assert len(kept) < len(lines)
+    (dst / "journal.jsonl").write_text("\n".join(kept) + "\n")
+    before, journal_before = snapshot(d, uri), (dst / "journal.jsonl").read_bytes()
     with pytest.raises(ValueError, match=r"changed: space.lr"):
-        T.resume(f"{storage}", space={"lr": {"type": "uniform", "low": 0.5, "high": 0.9},
-                                      "momentum": {"type": "uniform", "low": 0, "high": 1}})
+        T.resume(str(dst), space={"lr": {"type": "uniform", "low": 0.5, "high": 0.9},
+                                  "momentum": {"type": "uniform", "low": 0, "high": 1}})
     assert snapshot(d, uri) == before
+    assert (dst / "journal.jsonl").read_bytes() == journal_before
 
 
 def test_an_existing_run_name_is_refused_without_resume(tmp_path, recorded, capsys):

@@ -22,6 +22,9 @@ class Channel:
     def should_stop(self):
         return self.stop_after is not None and len(self.sent) >= self.stop_after
 
+    def wait_decision(self, iteration, timeout):
+        return None
+
 
 def counting(config):
     start = (get_checkpoint() or {"i": 0})["i"]
@@ -36,36 +39,38 @@ def seg(tmp_path, **kw):
 def test_results_stream_one_message_per_report(tmp_path):
     ch = Channel()
     out = run_segment(counting, seg(tmp_path), ch)
-    assert out["status"] == "returned"
+    assert out.status == "returned"
     assert [m["result"]["training_iteration"] for m in ch.sent] == list(range(1, 11))
-    assert out["checkpoint"].endswith("iter-000010.json")
+    assert out.checkpoint.endswith("iter-000010.json")
 
 
 def test_a_stop_ends_the_trial_at_its_next_report(tmp_path):
     ch = Channel(stop_after=3)
     out = run_segment(counting, seg(tmp_path), ch)
-    assert out["status"] == "stopped" and len(ch.sent) == 3
+    assert out.status == "stopped" and len(ch.sent) == 3
 
 
 def test_pause_at_and_max_t_end_the_segment_exactly(tmp_path):
-    out = run_segment(counting, seg(tmp_path, pause_at=4), Channel())
-    assert out["status"] == "paused" and len(out["results"]) == 4
-    out = run_segment(counting, seg(tmp_path, max_t=6), Channel())
-    assert out["status"] == "finished" and len(out["results"]) == 6
+    ch = Channel()
+    out = run_segment(counting, seg(tmp_path, pause_at=4), ch)
+    assert out.status == "paused" and out.last_iteration == 4 and len(ch.sent) == 4
+    ch = Channel()
+    out = run_segment(counting, seg(tmp_path, max_t=6), ch)
+    assert out.status == "finished" and out.last_iteration == 6 and len(ch.sent) == 6
 
 
 def test_resume_from_a_checkpoint_continues_the_iteration_count(tmp_path):
     first = run_segment(counting, seg(tmp_path, pause_at=4), Channel())
     ch = Channel()
-    out = run_segment(counting, seg(tmp_path, checkpoint=first["checkpoint"], start_iteration=4), ch)
+    out = run_segment(counting, seg(tmp_path, checkpoint=first.checkpoint, start_iteration=4), ch)
     assert [m["result"]["training_iteration"] for m in ch.sent] == list(range(5, 11))
     assert [m["result"]["score"] for m in ch.sent] == list(range(4, 10))
-    assert out["status"] == "returned"
+    assert out.status == "returned"
 
 
 def test_a_restart_picks_up_the_newer_checkpoint_the_driver_knows(tmp_path):
     first = run_segment(counting, seg(tmp_path, pause_at=7), Channel())
-    ch = Channel(override={"checkpoint": first["checkpoint"], "iteration": 7})
+    ch = Channel(override={"checkpoint": first.checkpoint, "iteration": 7})
     run_segment(counting, seg(tmp_path), ch)
     assert ch.sent[0]["result"]["training_iteration"] == 8
 
@@ -76,8 +81,8 @@ def test_the_trainables_error_is_captured_with_its_traceback(tmp_path):
         raise ValueError("nope")
 
     out = run_segment(bad, seg(tmp_path), Channel())
-    assert out["status"] == "error" and "ValueError: nope" in out["error"]
-    assert "Traceback" in out["error"]
+    assert out.status == "error" and "ValueError: nope" in out.error
+    assert "Traceback" in out.error
 
 
 @pytest.mark.parametrize("value", [None, "high", [1, 2]])
@@ -86,8 +91,8 @@ def test_a_metric_that_is_not_a_number_is_a_clear_error(tmp_path, value):
         report(score=value)
 
     out = run_segment(bad, seg(tmp_path), Channel())
-    assert out["status"] == "error" and "MetricError" in out["error"]
-    assert "metric 'score' must be a number" in out["error"]
+    assert out.status == "error" and "MetricError" in out.error
+    assert "metric 'score' must be a number" in out.error
 
 
 def test_report_outside_a_trial_says_so():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -17,6 +16,8 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from typing import Any
+
+from tuning._env import quiet_defaults, silence_libraries
 
 __all__ = ["main"]
 
@@ -51,10 +52,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     sys.path.insert(0, os.getcwd())  # trainables named relative to the project, like pytest
     args = _parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
@@ -86,20 +83,10 @@ def _error(exc: BaseException, code: int, verbose: bool, name: bool = False) -> 
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    """A CLI user sees the answer, not Prefect's logs of a failed task or flow (tracebacks
-    before the one-line error). Set before Prefect is imported (its logging config reads the
-    environment then), and on the loggers themselves in case it was imported already."""
     if verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        return
-    os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
-    os.environ["PREFECT_LOGGING_SERVER_LEVEL"] = "CRITICAL"
-    os.environ["PREFECT_LOGGING_INTERNAL_LEVEL"] = "CRITICAL"
-    os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine",
-                 "prefect.flow_engine", "prefect.task_engine", "prefect.server",
-                 "distributed", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+        quiet_defaults()
+    else:
+        silence_libraries()
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

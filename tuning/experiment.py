@@ -296,6 +296,7 @@ def _apply(st: ExperimentState, ev: dict[str, Any]) -> None:
     kind = ev["event"]
     if kind == "experiment_created":
         st.spec = ev["spec"]
+        st.extra["pid"], st.extra["host"] = ev.get("pid"), ev.get("host")
     elif kind == "run_started":
         st.attempts += 1
         st.finished = False

@@ -19,7 +19,14 @@ FINISHED = frozenset({Status.TERMINATED, Status.STOPPED})
 
 
 class NoResultError(RuntimeError):
-    """A run in which no trial produced the metric (every trial failed, say)."""
+    """A run in which no trial produced the metric (every trial failed, say).
+
+    ``result`` is the run's :class:`TuneResult`, to look at the failed trials.
+    """
+
+    def __init__(self, message: str, result: TuneResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class TrialsFailedWarning(RuntimeWarning):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,16 +64,19 @@ def open_experiment(spec: ExperimentSpec, components: Components | None = None,
         if changed:
             raise ResumeRefused("cannot resume with a different spec; changed: "
                                 + "; ".join(changed))
+    backend = make_backend(spec.backend, _dask_resources(spec.resources), spec.max_concurrent)
+    backend.preflight()  # an unreachable cluster is refused before anything is written
     if state is not None:
         journal.repair_tail()
     else:
-        journal.append("experiment_created", spec=spec_json, pid=os.getpid())
+        journal.append("experiment_created", spec=spec_json, pid=os.getpid(),
+                       host=socket.gethostname())
     ctl = Controller(
         name=spec.name, trainable=trainable, space=Space(comp.space or spec.space),
         metric=spec.metric, mode=spec.mode,
         scheduler=comp.scheduler or spec.build_scheduler(),
         searcher=comp.searcher or spec.build_searcher(),
-        backend=make_backend(spec.backend, _dask_resources(spec.resources), spec.max_concurrent),
+        backend=backend,
         journal=journal, storage=spec.experiment_dir(),
         budget=Budget(num_samples=spec.num_samples, time_budget_s=spec.stop.time_budget_s,
                       total_iterations=spec.stop.total_iterations,

@@ -9,12 +9,11 @@ Example:
 
 from __future__ import annotations
 
-import logging
-import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tuning._env import quiet_defaults
 from tuning.results import (
     NoResultError,
     TrialsFailedWarning,
@@ -127,7 +126,7 @@ class Tuner:
         error; when no trial produced the metric at all, :class:`~tuning.results.NoResultError`
         is raised with the first error instead.
         """
-        _quiet_defaults()
+        quiet_defaults()
         from flows.tune import tune
 
         out = tune(spec=self.spec, resume=resume, components=self.components)
@@ -218,9 +217,9 @@ def _check_outcome(res: TuneResult) -> None:
     error = f"; first error ({first[0]}): {first[1]}" if first else ""
     if res.best_trial is None:
         raise NoResultError(f"no trial produced metric {res.metric!r} ({failed} of {n} trials "
-                            f"failed){error}{where}")
+                            f"failed){error}{where}", res)
     if failed and failed == n:
-        raise NoResultError(f"every trial failed ({n} of {n}){error}{where}")
+        raise NoResultError(f"every trial failed ({n} of {n}){error}{where}", res)
     if failed and first is not None:
         warnings.warn(f"{failed} of {n} trials failed; first error ({first[0]}): {first[1]}",
                       TrialsFailedWarning, stacklevel=3)
@@ -229,24 +228,3 @@ def _check_outcome(res: TuneResult) -> None:
 def _default_name(path: str) -> str:
     fn = path.rsplit(":", 1)[-1].replace(".", "-").strip("_") or "experiment"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in fn) or "experiment"
-
-
-def _quiet_defaults() -> None:
-    """Keep the terminal for results: Prefect and Dask log warnings and errors only unless the
-    user's environment says otherwise (PREFECT_LOGGING_LEVEL, DASK_LOGGING__DISTRIBUTED)."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")  # the ephemeral API's noise
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    import dask
-
-    dask.config.set({"logging.distributed": os.environ["DASK_LOGGING__DISTRIBUTED"]})
-    level = logging.getLevelName(os.environ["PREFECT_LOGGING_LEVEL"].upper())
-    level = level if isinstance(level, int) else logging.WARNING
-    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", "prefect.task_engine",
-                 "prefect.flow_engine"):
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
-    for name in ("distributed", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ import pytest
 
 from tuning import Tuner, choice, uniform
 from tuning.controller import ExperimentAborted
+from tuning.results import NoResultError
 
 pytestmark = pytest.mark.slow
 DASK = {"type": "dask", "n_workers": 2}
@@ -41,8 +42,10 @@ def test_max_failures_retries_from_the_last_checkpoint(tmp_path):
 def test_without_retries_the_failure_is_final(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    res = tuner(tmp_path, "tests.trainables:fails_once", num_samples=2,
-                space={"x": uniform(0.1, 1.0), "marker_dir": str(marks)}).run()
+    with pytest.raises(NoResultError, match="every trial failed .2 of 2.*transient") as err:
+        tuner(tmp_path, "tests.trainables:fails_once", num_samples=2,
+              space={"x": uniform(0.1, 1.0), "marker_dir": str(marks)}).run()
+    res = err.value.result
     assert all(str(t.status) == "ERROR" and "transient failure" in t.error for t in res.trials)
 
 
@@ -53,16 +56,25 @@ def test_fail_fast_stops_the_experiment(tmp_path):
 
 
 def test_a_hanging_trial_is_ended_after_timeout_s(tmp_path):
-    res = tuner(tmp_path, "tests.trainables:hangs", num_samples=2, timeout_s=3).run()
+    with pytest.raises(NoResultError, match="every trial failed") as err:
+        tuner(tmp_path, "tests.trainables:hangs", num_samples=2, timeout_s=3).run()
+    res = err.value.result
     assert all(str(t.status) == "ERROR" and "timeout_s=3" in t.error for t in res.trials)
 
 
+def _failed_run(tmp_path, trainable, name):
+    with pytest.raises(NoResultError, match="(every trial failed|no trial produced).*1 of 1"
+                       ) as err:
+        tuner(tmp_path, trainable, num_samples=1, name=name).run()
+    return err.value.result
+
+
 def test_non_finite_or_non_numeric_metrics_and_unsafe_checkpoints(tmp_path):
-    res = tuner(tmp_path, "tests.trainables:nan_metric", num_samples=1, name="nan").run()
+    res = _failed_run(tmp_path, "tests.trainables:nan_metric", "nan")
     assert "was nan at iteration 2" in res.trials[0].error
-    res = tuner(tmp_path, "tests.trainables:string_metric", num_samples=1, name="str").run()
+    res = _failed_run(tmp_path, "tests.trainables:string_metric", "str")
     assert "metric 'score' must be a number, got 'high'" in res.trials[0].error
-    res = tuner(tmp_path, "tests.trainables:bad_checkpoint", num_samples=1, name="ck").run()
+    res = _failed_run(tmp_path, "tests.trainables:bad_checkpoint", "ck")
     assert "cannot be serialized for safe loading" in res.trials[0].error
     assert all(t.num_failures == 0 for t in res.trials)  # not retried: a retry cannot fix it
 

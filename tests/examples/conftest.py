@@ -33,3 +33,6 @@ class ListChannel:
 
     def should_stop(self) -> bool:
         return False
+
+    def wait_decision(self, iteration: int, timeout: float) -> bool | None:
+        return None

@@ -4,6 +4,7 @@ resumes, through ``run_segment`` directly and through the Tuner on a 2-worker Da
 from __future__ import annotations
 
 import io
+from dataclasses import asdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ def _run(fn: Callable[..., Any], config: dict[str, Any], storage: str, *, segmen
     channel = ListChannel()
     seg = Segment("trial-000", segment_id, config, storage, start_iteration=start,
                   checkpoint=checkpoint, pause_at=pause_at)
-    out = run_segment(fn, seg, channel)
-    assert out["status"] in ("returned", "paused"), out["error"]
+    summary = run_segment(fn, seg, channel)
+    assert summary.status in ("returned", "paused"), summary.error
+    # the summary, and the results as the channel streamed them to the driver
+    out = {**asdict(summary), "results": [m["result"] for m in channel.messages]}
     return out, channel
 
 

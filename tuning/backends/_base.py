@@ -80,6 +80,10 @@ class Backend:
     #: a virtual clock (the simulated backend): time is the backend's, not the wall's
     virtual_clock: bool = False
 
+    def preflight(self) -> None:
+        """What can be checked before anything starts or is written (an existing cluster's
+        address answers, say); raise :class:`BackendError` naming the field. Cheap."""
+
     def start(self) -> None:
         """Provision or connect; raise :class:`BackendError` with a clear message on failure."""
 

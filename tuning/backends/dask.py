@@ -196,6 +196,25 @@ class DaskBackend(Backend):
         self._slots: tuple[float, int] | None = None  # (when counted, slots)
 
     # -- lifecycle -------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """An existing scheduler's address must accept a connection, before the run writes
+        anything (a TCP connect: no Dask client yet)."""
+        if self.address is None:
+            return
+        import socket
+        from urllib.parse import urlsplit
+
+        where = urlsplit(self.address if "://" in self.address else f"tcp://{self.address}")
+        if where.scheme not in ("tcp", "tls") or not where.hostname:
+            return  # inproc://, ucx://, ...: left to the client
+        try:
+            socket.create_connection((where.hostname, where.port or 8786),
+                                     timeout=self.connect_timeout_s).close()
+        except OSError as exc:
+            raise BackendError(f"backend.address: cannot reach the Dask scheduler at "
+                               f"{self.address!r} within {self.connect_timeout_s:g}s ({exc})"
+                               ) from None
+
     def start(self) -> None:
         from distributed import Client
 

@@ -26,7 +26,22 @@ from mlflow.tracking import MlflowClient
 
 from tuning._trial import ITERATION, Status
 
-__all__ = ["MlflowTracker", "check_tracking_uri", "run_name", "use_sqlite_wal"]
+__all__ = ["MlflowTracker", "check_tracking_uri", "join_writers", "run_name", "use_sqlite_wal"]
+
+#: writer processes still drawing plots or writing after their run returned
+_BACKGROUND: list[Any] = []
+
+
+def join_writers(timeout_s: float = 120.0) -> bool:
+    """Wait for the MLflow writers of runs that have returned (they draw the plots after the
+    run, off its critical path); True when every one has ended. The interpreter also waits
+    for them at exit (they are not daemons)."""
+    deadline = time.monotonic() + timeout_s
+    for proc in list(_BACKGROUND):
+        proc.join(max(deadline - time.monotonic(), 0.0))
+        if not proc.is_alive():
+            _BACKGROUND.remove(proc)
+    return not _BACKGROUND
 
 
 def use_sqlite_wal() -> None:
@@ -248,6 +263,8 @@ class MlflowTracker:
             self._inq.put(("stop",))
             if wait:
                 self._proc.join(timeout=60)
+            else:
+                _BACKGROUND.append(self._proc)
             self._proc = None
         elif self._queue is not None and wait:
             self._queue.join()
