@@ -203,8 +203,8 @@ def run_method(method: Method, seed: int, n: int, journal: str = "lean",
     if count[0] != ctl.iterations_total:
         raise RuntimeError(f"{method.name}: {count[0]} results seen, "
                            f"iterations_total={ctl.iterations_total}")
-    finals = [r["accuracy"] for t in ctl.trials.values() if t.results
-              for r in t.results[-1:] if int(r["training_iteration"]) >= MAX_T]
+    finals = [t.last_result["accuracy"] for t in ctl.trials.values()
+              if t.last_result and t.iteration >= MAX_T]
     exploits = pbt_exploits(ctl.journal.read())
     return {"method": method.name, "seed": seed, "curves": curves, "exploits": len(exploits),
             "exploits_ahead": sum(gap > 0 for gap in exploits),

@@ -109,13 +109,13 @@ def utilization(kind: str, n: int) -> float:
                 scheduler=ASHA(max_t=9, grace_period=1, reduction_factor=3), backend=backend,
                 storage_path=d, tracking_uri=f"sqlite:///{d}/m.db", seed=0,
                 name=f"util-{kind}").run()
-    starts = [t.results[0]["timestamp"] - t.results[0]["time_this_iter_s"] for t in res.trials
-              if t.results]
-    ends = [t.results[-1]["timestamp"] for t in res.trials if t.results]
-    busy = sum(r["time_this_iter_s"] for t in res.trials for r in t.results)
+    hist = [h for h in res.histories().values() if h]
+    starts = [h[0]["timestamp"] - h[0]["time_this_iter_s"] for h in hist]
+    ends = [h[-1]["timestamp"] for h in hist]
+    busy = sum(r["time_this_iter_s"] for h in hist for r in h)
     wall = max(ends) - min(starts)
     u = busy / (2 * wall)
-    print(f"{kind}: ASHA {n} trials, {sum(len(t.results) for t in res.trials)} epochs, "
+    print(f"{kind}: ASHA {n} trials, {sum(map(len, hist))} epochs, "
           f"busy {busy:.1f}s over 2 workers x {wall:.1f}s wall: utilization_{kind} {u:.3f}")
     return u
 

@@ -63,7 +63,7 @@ def drive(make: Callable[[], Scheduler], n: int, slots: int = 64, seed: int = 0)
         trial = running.pop(int(rng.integers(len(running))))
         it = trial.iteration + 1
         result = {ITERATION: it, "loss": float(values[trial.config["i"], it - 1])}
-        trial.results.append(result)
+        trial.observe(result)
         t0 = clock()
         d = sched.on_result(trial, result)
         spent += clock() - t0

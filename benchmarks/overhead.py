@@ -52,7 +52,7 @@ def time_full(address: str, n: int, root: str, tag: str) -> tuple[float, float]:
     t0 = time.time()
     res = tuner.run()
     total = time.time() - t0
-    first = min(r["timestamp"] - r["time_total_s"] for t in res.trials for r in t.results)
+    first = min(t.first_timestamp for t in res.trials if t.first_timestamp is not None)
     assert len(res.trials) == n, len(res.trials)
     return total, first - t0
 

@@ -59,7 +59,8 @@ def make_trials(n: int, seed: int = 0) -> dict[str, Trial]:
         config = {"lr": float(10 ** rng.uniform(-5, -1)), "layers": int(rng.integers(1, 6)),
                   "act": ["relu", "tanh", "gelu"][int(rng.integers(3))]}
         tid = f"trial-{i:05d}"
-        t = Trial(tid, config, status, results, rung=3 if status != Status.ERROR else None)
+        t = Trial.with_results(tid, config, results, status=status,
+                               rung=3 if status != Status.ERROR else None)
         if status == Status.STOPPED:
             t.stopped_at = iters
         out[tid] = t
@@ -69,7 +70,7 @@ def make_trials(n: int, seed: int = 0) -> dict[str, Trial]:
 def make_controller(trials: dict[str, Trial]) -> Any:
     budget = SimpleNamespace(num_samples=len(trials), time_budget_s=3600.0, total_iterations=None)
     return SimpleNamespace(name="scale", metric=METRIC, mode="max", trials=trials, budget=budget,
-                           iterations_total=sum(len(t.results) for t in trials.values()),
+                           iterations_total=sum(t.num_results for t in trials.values()),
                            stopping=None, done=False, elapsed=lambda: 12.0)
 
 
@@ -96,7 +97,7 @@ def _touch(ctl: Any, rng: np.random.Generator, k: int = 20) -> list[str]:
     picked = [ids[int(i)] for i in rng.choice(len(ids), size=k, replace=False)]
     for tid in picked:
         t = ctl.trials[tid]
-        t.results.append({"training_iteration": t.iteration + 1, METRIC: float(rng.uniform())})
+        t.observe({"training_iteration": t.iteration + 1, METRIC: float(rng.uniform())})
     return picked
 
 

@@ -70,6 +70,8 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
         live.notify(ctl, force=True)
         ctl.backend.close()  # the cluster goes before the summary: nothing runs on it now
         summary = summarize(ctl, tracker, s.tensorboard)
+    if comp is not None:  # in-process (Tuner.run): the result from memory, no journal re-read
+        comp.extra["final_state"] = ctl.final_state()
     ctl.raise_if_aborted()
     return {**summary, "run_name": s.run_name, "experiment_dir": s.experiment_dir(), "tracking_uri":
             s.effective_tracking_uri(), "parent_run_id": tracker.parent_run_id}

@@ -50,9 +50,11 @@ def summarize(ctl: Controller, tracker: MlflowTracker | None,
         tracker.flush()
         tracker.plots_async(ctl.storage, plots_dir)
     if tensorboard:
+        from tuning.experiment import read_histories
         from tuning.tensorboard import write_tensorboard
 
-        write_tensorboard(ctl.trials, f"{ctl.storage}/tensorboard", metric=ctl.metric)
+        write_tensorboard(ctl.trials, f"{ctl.storage}/tensorboard", metric=ctl.metric,
+                          histories=read_histories(ctl.journal))
     rows = leaderboard_rows(ctl.trials.values(), ctl.metric, ctl.mode)
     key = "".join(c if c.isalnum() else "-" for c in ctl.name.lower())[:100]
     create_table_artifact(key=f"{key}-leaderboard", table=rows[:200],

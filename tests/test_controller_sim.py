@@ -89,8 +89,8 @@ def test_best_trial_is_the_one_with_the_best_last_value(tmp_path):
                metric="score").run()
     best = ctl.best_trial()
     assert best is not None
-    lasts = {t.config["curve"]: t.results[-1]["score"] for t in ctl.trials.values()}
-    assert best.results[-1]["score"] == max(lasts.values())
+    lasts = {t.config["curve"]: t.last_result["score"] for t in ctl.trials.values()}
+    assert best.last_result["score"] == max(lasts.values())
 
 
 def test_grid_points_times_num_samples(tmp_path):

@@ -46,8 +46,9 @@ def _result(*trials):
 def _trial(i, status, *values, error=None):
     from tuning._trial import Status, Trial
 
-    return Trial(f"trial-{i:03d}", {"i": i}, Status(status), error=error,
-                 results=[{"training_iteration": k + 1, "score": v} for k, v in enumerate(values)])
+    return Trial.with_results(f"trial-{i:03d}", {"i": i},
+                              [{"training_iteration": k + 1, "score": v}
+                               for k, v in enumerate(values)], status=Status(status), error=error)
 
 
 TB = "Traceback (most recent call last):\n  File ...\nRuntimeError: boom at x=0.1\n"

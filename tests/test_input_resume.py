@@ -159,8 +159,8 @@ def test_best_names_only_a_finished_trial(monkeypatch, capsys, tmp_path):
     from tuning._trial import Status, Trial
     from tuning.experiment import ExperimentState
 
-    running = Trial("trial-000", {"x": 0.9}, Status.RUNNING,
-                    results=[{"training_iteration": 1, "score": 0.99}])
+    running = Trial.with_results("trial-000", {"x": 0.9},
+                                 [{"training_iteration": 1, "score": 0.99}], status=Status.RUNNING)
     failed = Trial("trial-001", {"x": 0.1}, Status.ERROR, error="boom")
     st = ExperimentState(spec={"name": "e", "metric": "score", "mode": "max"},
                          trials={t.trial_id: t for t in (running, failed)})
@@ -170,8 +170,8 @@ def test_best_names_only_a_finished_trial(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "no finished trial" in err and "1 running" in err and "trial-000" not in err
 
-    done = Trial("trial-002", {"x": 0.5}, Status.TERMINATED,
-                 results=[{"training_iteration": 9, "score": 0.5}])
+    done = Trial.with_results("trial-002", {"x": 0.5}, [{"training_iteration": 9, "score": 0.5}],
+                              status=Status.TERMINATED)
     st.trials[done.trial_id] = done
     assert cli(["best", str(tmp_path), "--json"]) == 0
     assert '"trial_id": "trial-002"' in capsys.readouterr().out

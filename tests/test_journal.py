@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tuning.experiment import Journal, JournalError, find_experiment_dirs, replay
+from tuning.experiment import Journal, JournalError, find_experiment_dirs, read_histories, replay
 
 
 def write(d, lines):
@@ -58,7 +58,8 @@ def test_replay_applies_committed_events_and_drops_an_uncommitted_tail(tmp_path)
     write(tmp_path, BASE + tail)
     st = replay(Journal(str(tmp_path)).read())
     t = st.trials["trial-000"]
-    assert [r["s"] for r in t.results] == [0.5, 0.7]
+    assert t.num_results == 2 and t.last_value("s") == 0.7 and t.best_value("s", "min") == 0.5
+    assert [r["s"] for r in read_histories(Journal(str(tmp_path)))["trial-000"]] == [0.5, 0.7]
     assert t.checkpoint == "file:///c1" and t.checkpoint_iteration == 1
     assert st.attempts == 2 and not st.finished
 

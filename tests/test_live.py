@@ -39,8 +39,7 @@ class FakeController:
         return out
 
     def trial_score(self, t: Trial) -> float | None:
-        vals = t.metric_values(self.metric)
-        return float(vals[-1]) if vals else None
+        return t.last_value(self.metric)
 
     def best_trial(self) -> Trial | None:
         scored = [t for t in self.trials.values() if self.trial_score(t) is not None]
@@ -53,8 +52,9 @@ def _fake(**kw: Any) -> FakeController:
     trials = {}
     for i, st in enumerate(statuses):
         res = [{"training_iteration": k, "acc": 0.5 + 0.01 * i + 0.001 * k} for k in (1, 2)]
-        trials[f"trial-{i:03d}"] = Trial(f"trial-{i:03d}", {"lr": 10.0 ** -i, "opt": "adam"},
-                                         st, res if st != Status.ERROR else [])
+        trials[f"trial-{i:03d}"] = Trial.with_results(
+            f"trial-{i:03d}", {"lr": 10.0 ** -i, "opt": "adam"},
+            res if st != Status.ERROR else [], status=st)
     return FakeController(trials=trials, **kw)
 
 
@@ -231,8 +231,8 @@ def _mutate(ctl: FakeController, rng: Any, n_new: int, n_changed: int) -> set[st
     for _ in range(n_changed):
         t = ctl.trials[ids[rng.randrange(len(ids))]]
         if rng.random() < 0.7:
-            t.results.append({"training_iteration": t.iteration + 1,
-                              ctl.metric: round(rng.random(), 1)})
+            t.observe({"training_iteration": t.iteration + 1,
+                       ctl.metric: round(rng.random(), 1)})
         else:
             t.status = rng.choice(list(Status))
         changed.add(t.trial_id)

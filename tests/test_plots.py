@@ -24,8 +24,16 @@ def _trial(i: int, iters: int, status: Status = Status.TERMINATED, rung: int | N
            config: dict | None = None, metric: str = "acc") -> Trial:
     results = [{"training_iteration": k, metric: 1 - 0.5 / k - 0.01 * i, "timestamp": 1e9 + k}
                for k in range(1, iters + 1)]
-    return Trial(f"trial-{i:03d}", config if config is not None else {"lr": 10 ** -(i % 4)},
-                 status, results, rung=rung)
+    t = Trial.with_results(f"trial-{i:03d}", config if config is not None else
+                           {"lr": 10 ** -(i % 4)}, results, status=status, rung=rung)
+    t.history = results  # type: ignore[attr-defined]  # the driver keeps none: tests do
+    return t
+
+
+def H(ts) -> dict:
+    """The histories of test trials, as the journal would give them."""
+    ts = ts.values() if isinstance(ts, dict) else ts
+    return {t.trial_id: getattr(t, "history", []) for t in ts}
 
 
 @pytest.fixture
@@ -47,7 +55,7 @@ def test_all_plots_write_pngs_of_a_useful_size(tmp_path, trials):
                   "iteration": 3, "rung": 3},
                  {"event": "result", "trial_id": "trial-000", "result": {}}]
     paths = plots.all_plots({t.trial_id: t for t in trials}, "acc", "max", decisions,
-                            str(tmp_path / "plots"))
+                            str(tmp_path / "plots"), H(trials))
     assert [p.rsplit("/", 1)[-1] for p in paths] == [
         "learning_curves.png", "rung_diagram.png", "parallel_coordinates.png"]
     for p in paths:
@@ -63,7 +71,7 @@ def test_edge_cases_still_draw(tmp_path, case):
           "strings": [_trial(0, 2, config={"opt": "adam", "layers": [1, 2], "flag": True}),
                       _trial(1, 3, Status.STOPPED, config={"opt": "sgd", "flag": False})],
           "empty": []}[case]
-    for p in plots.all_plots(ts, "acc", "min", None, str(tmp_path)):
+    for p in plots.all_plots(ts, "acc", "min", None, str(tmp_path), H(ts)):
         assert min(_png_size(p)) >= 400
 
 
@@ -74,7 +82,7 @@ def test_learning_curve_colours_follow_status(trials):
     assert plots._colour_for("ERROR") == plots._colour_for(Status.ERROR)
     assert len({plots._colour_for(s) for s in Status}) == len(Status)
     ax = Figure().add_subplot()
-    lines = plots._draw_learning_curves(ax, trials, "acc", "max", None)
+    lines = plots._draw_learning_curves(ax, trials, "acc", "max", None, H(trials))
     by_id = {line.get_label(): line.get_color() for line in lines}
     assert "trial-005" not in by_id  # no results: no line
     assert by_id["trial-000"] == plots.STATUS_COLOURS["TERMINATED"]
@@ -92,11 +100,12 @@ def test_stop_marker_sits_at_the_stop_decision():
     t = _trial(1, 5, Status.STOPPED)
     ax = Figure().add_subplot()
     plots._draw_learning_curves(ax, [t], "acc", "max",
-                                [{"trial_id": t.trial_id, "decision": "STOP", "iteration": 3}])
+                                [{"trial_id": t.trial_id, "decision": "STOP", "iteration": 3}],
+                                H([t]))
     markers = [ln for ln in ax.get_lines() if ln.get_marker() == "X"]
     assert len(markers) == 1
     assert list(markers[0].get_xdata()) == [3.0]
-    assert list(markers[0].get_ydata()) == [t.results[2]["acc"]]
+    assert list(markers[0].get_ydata()) == [t.history[2]["acc"]]
 
 
 def test_rung_counts_by_hand(trials):
@@ -136,6 +145,8 @@ def test_plots_module_stays_off_pyplot_prefect_and_mlflow():
 
 def test_plots_from_a_replayed_asha_journal(tmp_path):
     """What `summarize` would draw: trials and decisions straight from the journal."""
+    from matplotlib.figure import Figure
+
     from tuning.backends.simulated import CrossingCurves, SimulatedBackend
     from tuning.controller import Budget, Controller
     from tuning.experiment import Journal, replay
@@ -158,7 +169,13 @@ def test_plots_from_a_replayed_asha_journal(tmp_path):
     assert max(counts) == 9
     n_finished = sum(t.status == Status.TERMINATED for t in ctl.trials.values())
     assert counts[9] == n_finished
-    for p in plots.all_plots(st.trials, "accuracy", "max", events, str(tmp_path / "plots")):
+    hist = plots.histories_from_events(events, "accuracy")
+    assert sum(map(len, hist.values())) == ctl.iterations_total
+    lines = plots._draw_learning_curves(Figure().add_subplot(), st.trials, "accuracy", "max",
+                                        None, hist)
+    assert len(lines) == len(st.trials)
+    for p in plots.all_plots(st.trials, "accuracy", "max", events, str(tmp_path / "plots"),
+                             hist):
         assert min(_png_size(p)) >= 400
 
 
@@ -192,7 +209,7 @@ def test_many_trials_draw_a_line_collection_and_bands_with_a_fixed_legend(tmp_pa
 
     ts = _many(2000)
     ax = Figure().add_subplot()
-    lines = plots._draw_learning_curves(ax, ts, "acc", "max", None)
+    lines = plots._draw_learning_curves(ax, ts, "acc", "max", None, H(ts))
     colls = _collections(ax)
     assert len(colls) == 1 and len(colls[0].get_segments()) == plots.TOP_LINES - 1
     assert len(lines) == 1 and lines[0].get_linewidth() == 2.8  # only the best's own line
@@ -208,7 +225,7 @@ def test_many_trials_draw_a_line_collection_and_bands_with_a_fixed_legend(tmp_pa
     assert len(_collections(ax)) >= 2 and not _trial_lines(ax)
     assert sum(len(c.get_segments()) for c in _collections(ax)) == len(ts)
 
-    paths = plots.all_plots(ts, "acc", "max", None, str(tmp_path / "many"))
+    paths = plots.all_plots(ts, "acc", "max", None, str(tmp_path / "many"), H(ts))
     assert [p.rsplit("/", 1)[-1] for p in paths] == [
         "learning_curves.png", "rung_diagram.png", "parallel_coordinates.png"]
     for p in paths:
@@ -220,7 +237,7 @@ def test_up_to_the_threshold_each_trial_keeps_its_line():
 
     ts = _many(plots.MANY_TRIALS)
     ax = Figure().add_subplot()
-    lines = plots._draw_learning_curves(ax, ts, "acc", "max", None)
+    lines = plots._draw_learning_curves(ax, ts, "acc", "max", None, H(ts))
     assert len(lines) == len(ts) and not _collections(ax)
     assert ax.get_legend()._loc == 0  # "best" is affordable here
     ax = Figure().add_subplot()

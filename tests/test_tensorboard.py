@@ -19,8 +19,15 @@ def _trial(tid: str, n: int, config: dict | None = None) -> Trial:
     res = [{"training_iteration": k, "loss": 1.0 / k, "acc": 0.1 * k, "timestamp": 1.7e9 + k,
             "time_total_s": 0.5 * k, "checkpoint": f"file:///ck/{k}", "done": False,
             "note": "text"} for k in range(1, n + 1)]
-    return Trial(tid, config if config is not None else {"lr": 0.01, "opt": "adam"},
-                 Status.TERMINATED, res)
+    t = Trial.with_results(tid, config if config is not None else {"lr": 0.01, "opt": "adam"},
+                           res, status=Status.TERMINATED)
+    t.history = res  # type: ignore[attr-defined]  # what the journal holds
+    return t
+
+
+def H(ts) -> dict:
+    ts = ts.values() if isinstance(ts, dict) else ts
+    return {t.trial_id: getattr(t, "history", []) for t in ts}
 
 
 def _events(d: str) -> list[str]:
@@ -31,7 +38,7 @@ def test_one_run_per_trial_with_scalars_at_their_iterations(tmp_path):
     trials = {"trial-000": _trial("trial-000", 3),
               "trial-001": _trial("trial-001", 1, {"lr": 0.1, "layers": [1, 2], "wd": None}),
               "trial-002": Trial("trial-002", {"lr": 0.5})}  # no results yet
-    dirs = write_tensorboard(trials, str(tmp_path / "tb"), metric="loss")
+    dirs = write_tensorboard(trials, str(tmp_path / "tb"), metric="loss", histories=H(trials))
     assert [os.path.basename(d) for d in dirs] == ["trial-000", "trial-001", "trial-002"]
     for d in dirs:
         assert len(_events(d)) == 1
@@ -47,10 +54,10 @@ def test_one_run_per_trial_with_scalars_at_their_iterations(tmp_path):
 
 def test_rewriting_replaces_and_grows(tmp_path):
     t = _trial("trial-000", 2)
-    (d,) = write_tensorboard([t], str(tmp_path))
+    (d,) = write_tensorboard([t], str(tmp_path), histories=H([t]))
     size = sum(os.path.getsize(p) for p in _events(d))
-    t.results += _trial("x", 6).results[2:]
-    write_tensorboard([t], str(tmp_path))
+    more = _trial("trial-000", 6)
+    write_tensorboard([more], str(tmp_path), histories=H([more]))
     files = _events(d)
     assert len(files) == 1  # the old file was replaced, not added to
     assert os.path.getsize(files[0]) > size
@@ -72,7 +79,8 @@ def test_hparams_cover_every_metric_without_a_named_one(tmp_path):
 
 def test_the_event_files_read_back_with_tensorboard_if_installed(tmp_path):
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    (d,) = write_tensorboard([_trial("trial-000", 3)], str(tmp_path), metric="loss")
+    t = _trial("trial-000", 3)
+    (d,) = write_tensorboard([t], str(tmp_path), metric="loss", histories=H([t]))
     acc = ea.EventAccumulator(d)
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]

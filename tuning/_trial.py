@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["ITERATION", "TERMINAL", "Status", "Trial", "format_trial_id"]
+__all__ = ["ITERATION", "TERMINAL", "Status", "Trial", "best_trial", "format_trial_id"]
 
 ITERATION = "training_iteration"
 
@@ -34,50 +35,124 @@ def format_trial_id(index: int) -> str:
 
 @dataclass
 class Trial:
-    """One configuration being trained.
+    """One configuration being trained, in O(1) memory whatever its number of results.
 
-    ``results`` holds every reported result in order; each has at least ``training_iteration``
-    (the number of ``report()`` calls so far, 1-based) and the user's metrics.
+    The driver keeps the last result, per metric the last, lowest and highest finite value,
+    the checkpoint index and the status; the whole history lives in the journal (and in
+    MLflow): :meth:`tuning.results.TuneResult.history` reads it back.
+
+    Example:
+        >>> t = Trial("trial-000", {"lr": 0.1})
+        >>> for i, acc in enumerate([0.5, 0.7, 0.6], 1):
+        ...     t.observe({"training_iteration": i, "acc": acc})
+        >>> t.iteration, t.last_value("acc"), t.best_value("acc", "max")
+        (3, 0.6, 0.7)
     """
 
     trial_id: str
     config: dict[str, Any]
     status: Status = Status.PENDING
-    results: list[dict[str, Any]] = field(default_factory=list)
+    last_result: dict[str, Any] | None = None
+    num_results: int = 0
     checkpoint: str | None = None
     checkpoint_iteration: int = 0
+    #: (iteration, checkpoint URL) of every checkpoint, in order: where PBT finds a donor's
+    #: state at a given iteration
+    checkpoints: list[tuple[int, str]] = field(default_factory=list)
     rung: int | None = None  # the highest milestone (resource) at which a decision was taken
     num_failures: int = 0
     error: str | None = None
     bracket: int | None = None
     stopped_at: int | None = None  # the milestone at which the scheduler stopped it
-    wall_time_s: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    first_timestamp: float | None = None
+    #: metric -> (last, lowest, highest) finite value reported
+    values: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+    def observe(self, result: Mapping[str, Any]) -> None:
+        """Take one reported result (in iteration order)."""
+        self.last_result = dict(result)
+        self.num_results += 1
+        ts = result.get("timestamp")
+        if self.first_timestamp is None and isinstance(ts, (int, float)):
+            self.first_timestamp = float(ts)
+        for key, v in result.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or key == ITERATION:
+                continue
+            v = float(v)
+            if not math.isfinite(v):
+                continue
+            got = self.values.get(key)
+            self.values[key] = (v, v, v) if got is None else (v, min(got[1], v), max(got[2], v))
+        url = result.get("checkpoint")
+        if url:
+            it = int(result[ITERATION])
+            self.checkpoint, self.checkpoint_iteration = url, it
+            self.checkpoints.append((it, url))
+
+    @classmethod
+    def with_results(cls, trial_id: str, config: dict[str, Any],
+                     results: Iterable[Mapping[str, Any]], **fields: Any) -> Trial:
+        """A trial that has reported ``results`` (tests, tools)."""
+        t = cls(trial_id, config, **fields)
+        for r in results:
+            t.observe(r)
+        return t
 
     @property
     def iteration(self) -> int:
-        return int(self.results[-1][ITERATION]) if self.results else 0
-
-    @property
-    def last_result(self) -> dict[str, Any] | None:
-        return self.results[-1] if self.results else None
+        return int(self.last_result[ITERATION]) if self.last_result else 0
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def wall_time_s(self) -> float:
+        """From its first result to its last."""
+        last = self.last_result.get("timestamp") if self.last_result else None
+        if self.first_timestamp is None or not isinstance(last, (int, float)):
+            return 0.0
+        return float(last) - self.first_timestamp
+
     def checkpoint_at(self, iteration: int) -> tuple[str | None, int]:
         """The latest checkpoint taken at or before ``iteration``, and its iteration."""
-        for r in reversed(self.results):
-            if r.get("checkpoint") and int(r["training_iteration"]) <= iteration:
-                return r["checkpoint"], int(r["training_iteration"])
+        for it, url in reversed(self.checkpoints):
+            if it <= iteration:
+                return url, it
         return None, 0
 
-    def metric_values(self, metric: str) -> list[float]:
-        return [r[metric] for r in self.results if metric in r]
+    def last_value(self, metric: str) -> float | None:
+        """The last finite value reported for ``metric`` (Ray Tune's default scope)."""
+        got = self.values.get(metric)
+        return got[0] if got else None
 
     def best_value(self, metric: str, mode: str) -> float | None:
-        vals = [v for v in self.metric_values(metric) if isinstance(v, (int, float)) and not math.isnan(v)]
-        if not vals:
+        got = self.values.get(metric)
+        if got is None:
             return None
-        return max(vals) if mode == "max" else min(vals)
+        return got[2] if mode == "max" else got[1]
+
+
+def best_trial(trials: Iterable[Trial], metric: str, mode: str,
+               statuses: frozenset[Status] | None = None) -> Trial | None:
+    """The trial whose last value of ``metric`` is best (``mode`` ``"max"`` or ``"min"``),
+    among those in ``statuses`` when given; ties go to the earlier trial. The one place this
+    is decided: the controller, the results, the live view and the MLflow projection use it.
+
+    Example:
+        >>> a = Trial.with_results("a", {}, [{"training_iteration": 1, "acc": 0.9}])
+        >>> b = Trial.with_results("b", {}, [{"training_iteration": 1, "acc": 0.8}])
+        >>> best_trial([a, b], "acc", "max").trial_id, best_trial([a, b], "acc", "min").trial_id
+        ('a', 'b')
+    """
+    sign = 1.0 if mode == "max" else -1.0
+    best: Trial | None = None
+    best_v = -math.inf
+    for t in trials:
+        if statuses is not None and t.status not in statuses:
+            continue
+        v = t.last_value(metric)
+        if v is not None and sign * v > best_v:
+            best, best_v = t, sign * v
+    return best

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tuning._trial import ITERATION, TERMINAL, Status, Trial, format_trial_id
+from tuning._trial import ITERATION, TERMINAL, Status, Trial, best_trial, format_trial_id
 from tuning.backends._base import Backend, Done, Lost, Message, Result, Started
 from tuning.experiment import ExperimentState, Journal
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew
@@ -456,12 +456,10 @@ class Controller:
         result = msg.result
         if int(result[ITERATION]) <= trial.iteration:
             return  # already recorded (a re-run from an older checkpoint)
-        trial.results.append(result)
+        trial.observe(result)
         self.iterations_total += 1
         self._report.results += 1
         if result.get("checkpoint"):
-            trial.checkpoint = result["checkpoint"]
-            trial.checkpoint_iteration = int(result[ITERATION])
             self.backend.checkpoint_saved(trial.trial_id, trial.checkpoint,
                                           trial.checkpoint_iteration)
         self._emit("result", trial_id=trial.trial_id, result=result)
@@ -675,18 +673,10 @@ class Controller:
     # -- results ---------------------------------------------------------------------------
     def trial_score(self, trial: Trial) -> float | None:
         """The trial's last reported value of the metric (Ray Tune's default scope)."""
-        for r in reversed(trial.results):
-            v = r.get(self.metric)
-            if isinstance(v, (int, float)) and not math.isnan(v):
-                return float(v)
-        return None
+        return trial.last_value(self.metric)
 
     def best_trial(self) -> Trial | None:
-        scored = [(s, t) for t in self.trials.values() if (s := self.trial_score(t)) is not None]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda st: st[0])[1]
+        return best_trial(self.trials.values(), self.metric, self.mode)
 
     # -- journal ---------------------------------------------------------------------------
     def _emit(self, event: str, **data: Any) -> None:
@@ -712,6 +702,14 @@ class Controller:
                                   "error": fl.ending.error if fl.ending else None,
                                   "started": fl.started}
                             for tid, fl in self.flights.items()}}
+
+    def final_state(self) -> ExperimentState:
+        """What replaying this run's journal would give, from memory (the end of a run does
+        not read its journal again)."""
+        st = self.replayed
+        return ExperimentState(spec=st.spec if st else None, trials=self.trials,
+                               finished=self.finished, attempts=(st.attempts if st else 0) + 1,
+                               parent_run_id=st.parent_run_id if st else None)
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in Status}

@@ -33,8 +33,10 @@ __all__ = [
     "ExperimentState",
     "Journal",
     "JournalError",
+    "committed_events",
     "experiment_dir",
     "find_experiment_dirs",
+    "read_histories",
     "replay",
 ]
 
@@ -312,11 +314,7 @@ def _apply(st: ExperimentState, ev: dict[str, Any]) -> None:
         if ev.get("config") is not None:
             t.config = ev["config"]
     elif kind == "result":
-        t = st.trials[ev["trial_id"]]
-        t.results.append(ev["result"])
-        if ev["result"].get("checkpoint"):
-            t.checkpoint = ev["result"]["checkpoint"]
-            t.checkpoint_iteration = int(ev["result"]["training_iteration"])
+        st.trials[ev["trial_id"]].observe(ev["result"])
     elif kind == "trial_status":
         _apply_status(st.trials[ev["trial_id"]], ev)
     elif kind == "finished":
@@ -326,44 +324,82 @@ def _apply(st: ExperimentState, ev: dict[str, Any]) -> None:
 def _apply_status(t: Trial, ev: dict[str, Any]) -> None:
     t.status = Status(ev["status"])
     for key in ("error", "stopped_at", "rung", "num_failures", "checkpoint",
-                "checkpoint_iteration", "wall_time_s"):
+                "checkpoint_iteration"):
         if key in ev and ev[key] is not None:
             setattr(t, key, ev[key])
-    if "results_cut" in ev:  # a restart from an older checkpoint: later results are re-done
-        t.results = [r for r in t.results if r["training_iteration"] <= ev["results_cut"]]
+
+
+#: events that take effect as soon as they are read (no commit needed)
+_IMMEDIATE = frozenset({"experiment_created", "tracking", "run_started"})
+#: events that commit what was appended before them
+_COMMITS = frozenset({"state", "finished"})
+
+
+def committed_events(events: Iterable[dict[str, Any]],
+                     kinds: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The events that count, in order, streamed (of ``kinds`` only, when given).
+
+    An event counts once a ``state`` (or ``finished``) event commits it; what a crashed run
+    wrote after its last commit is dropped when the next ``run_started`` shows it never
+    committed (the resumed run re-did that work from the trials' checkpoints). Memory: the
+    events since the last commit.
+    """
+    want = None if kinds is None else frozenset(kinds)
+    pending: list[dict[str, Any]] = []
+    for ev in events:
+        kind = ev["event"]
+        if kind == "run_started":
+            pending.clear()
+        if kind in _COMMITS:
+            yield from pending
+            pending.clear()
+        if kind in _IMMEDIATE or kind in _COMMITS:
+            if want is None or kind in want:
+                yield ev
+        elif want is None or kind in want:
+            pending.append(ev)
 
 
 def replay(events: Iterable[dict[str, Any]]) -> ExperimentState:
-    """Rebuild the experiment from its events.
-
-    Events count once a ``state`` (or ``finished``) event commits them; what a crashed run
-    wrote after its last commit is dropped when the next ``run_started`` shows it never
-    committed, so a resumed run re-does it from the trials' checkpoints.
-    """
+    """Rebuild the experiment from its events (see :func:`committed_events`), streamed: memory
+    is the trial table (O(1) per trial) and the events since the last commit."""
     st = ExperimentState()
-    pending: list[dict[str, Any]] = []
-    n, last_t = 0, None
-    for ev in events:
-        n += 1
-        last_t = ev.get("t", last_t)
-        kind = ev["event"]
-        if kind in ("experiment_created", "tracking"):
-            _apply(st, ev)
-        elif kind == "run_started":
-            pending.clear()
-            _apply(st, ev)
-        elif kind in ("state", "finished"):
-            for p in pending:
-                _apply(st, p)
-            pending.clear()
-            _apply(st, ev)
-            if kind == "state":
-                st.state = ev
-        else:
-            pending.append(ev)
-    st.events = n
-    st.last_event_time = last_t
+    counted = _Counting(events)
+    for ev in committed_events(counted):
+        _apply(st, ev)
+        if ev["event"] == "state":
+            st.state = ev
+    st.events = counted.n
+    st.last_event_time = counted.last_t
     return st
+
+
+def read_histories(journal: Journal, trial_ids: Iterable[str] | None = None
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """Every committed result of ``trial_ids`` (every trial when None), in order, streamed
+    from the journal: memory grows with what is asked for, not with the journal."""
+    wanted = None if trial_ids is None else set(trial_ids)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ev in committed_events(journal.iter_events(), ("result",)):
+        tid = ev["trial_id"]
+        if wanted is None or tid in wanted:
+            out.setdefault(tid, []).append(ev["result"])
+    return out
+
+
+class _Counting:
+    """Passes events through, counting them and noting the time of the last one."""
+
+    def __init__(self, events: Iterable[dict[str, Any]]) -> None:
+        self.events = events
+        self.n = 0
+        self.last_t: float | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for ev in self.events:
+            self.n += 1
+            self.last_t = ev.get("t", self.last_t)
+            yield ev
 
 
 def find_experiment_dirs(path: str) -> list[str]:

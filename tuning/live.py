@@ -181,14 +181,7 @@ def _duration(seconds: float) -> str:
 
 
 def _score(ctl: Any, trial: Trial) -> float | None:
-    if hasattr(ctl, "trial_score"):
-        v = ctl.trial_score(trial)
-        return None if v is None else float(v)
-    for r in reversed(trial.results):
-        v = r.get(ctl.metric)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
-            return float(v)
-    return None
+    return trial.last_value(ctl.metric)
 
 
 def _status_key(status: Any) -> str:
@@ -205,12 +198,12 @@ class _Entry:
     __slots__ = ("key", "n_results", "score", "seq", "status", "trial")
 
     def __init__(self, trial: Trial, seq: int, score: float | None, key: _Key | None) -> None:
-        self.trial, self.status, self.n_results = trial, trial.status, len(trial.results)
+        self.trial, self.status, self.n_results = trial, trial.status, trial.num_results
         self.seq, self.score, self.key = seq, score, key
 
     def stale(self, trial: Trial) -> bool:
         return (trial is not self.trial or trial.status != self.status
-                or len(trial.results) != self.n_results)
+                or trial.num_results != self.n_results)
 
 
 class TrialIndex:

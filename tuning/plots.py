@@ -4,14 +4,15 @@ Engine-side and headless: figures are built with :class:`matplotlib.figure.Figur
 canvas, never through ``pyplot``, so no GUI backend is touched, no global figure registry grows
 and nothing needs closing. Every function takes plain :class:`~tuning._trial.Trial` objects (a
 list or the ``{trial_id: Trial}`` dict of a controller or a replayed journal) and writes a PNG
-to a local path or any fsspec URL.
+to a local path or any fsspec URL; the learning curves also take the trials' histories (the
+driver keeps only each trial's last result).
 
 Example:
     >>> from tuning._trial import Status, Trial
-    >>> t = Trial("trial-000", {"lr": 0.1}, Status.TERMINATED,
-    ...           [{"training_iteration": 1, "loss": 0.5}, {"training_iteration": 2, "loss": 0.3}])
+    >>> results = [{"training_iteration": 1, "loss": 0.5}, {"training_iteration": 2, "loss": 0.3}]
+    >>> t = Trial.with_results("trial-000", {"lr": 0.1}, results, status=Status.TERMINATED)
     >>> import tempfile, os
-    >>> out = all_plots([t], "loss", "min", [], tempfile.mkdtemp())
+    >>> out = all_plots([t], "loss", "min", [], tempfile.mkdtemp(), {"trial-000": results})
     >>> [os.path.basename(p) for p in out]
     ['learning_curves.png', 'rung_diagram.png', 'parallel_coordinates.png']
 """
@@ -90,9 +91,28 @@ def _is_number(v: Any) -> bool:
         isinstance(v, float) and math.isnan(v))
 
 
-def _curve(trial: Trial, metric: str) -> tuple[list[float], list[float]]:
+#: trial id -> its results in order (:meth:`tuning.results.TuneResult.histories`, or the
+#: compact form :func:`histories_from_events` builds); the driver keeps no histories
+Histories = Mapping[str, Sequence[Mapping[str, Any]]]
+
+
+def histories_from_events(events: Iterable[Mapping[str, Any]], metric: str
+                          ) -> dict[str, list[dict[str, Any]]]:
+    """Each trial's ``(training_iteration, metric)`` pairs from journal ``result`` events,
+    kept compact: what the learning curves need, not whole results."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        if ev.get("event") == "result":
+            r = ev["result"]
+            out.setdefault(ev["trial_id"], []).append(
+                {ITERATION: r.get(ITERATION), metric: r.get(metric)})
+    return out
+
+
+def _curve(trial: Trial, metric: str, histories: Histories | None
+           ) -> tuple[list[float], list[float]]:
     xs, ys = [], []
-    for i, r in enumerate(trial.results):
+    for i, r in enumerate((histories or {}).get(trial.trial_id, ())):
         v = r.get(metric)
         if _is_number(v):
             xs.append(float(r.get(ITERATION, i + 1)))
@@ -139,7 +159,7 @@ def _stop_points(trials: Sequence[Trial], decisions: Iterable[Mapping[str, Any]]
         if _status_name(t.status) == "STOPPED" and t.trial_id not in out:
             if t.stopped_at is not None:
                 out[t.trial_id] = float(t.stopped_at)
-            elif t.results:
+            elif t.num_results:
                 out[t.trial_id] = float(t.iteration)
     return out
 
@@ -165,7 +185,8 @@ _Curve = tuple[Trial, list[float], list[float]]
 
 
 def _draw_learning_curves(ax: Axes, trials: Any, metric: str, mode: str,
-                          decisions: Iterable[Mapping[str, Any]] | None = None) -> list[Line2D]:
+                          decisions: Iterable[Mapping[str, Any]] | None = None,
+                          histories: Histories | None = None) -> list[Line2D]:
     """Draw the learning curves on ``ax``, coloured by status; returns the per-trial lines.
 
     Up to :data:`MANY_TRIALS` curves: one line per trial (in trial order, trials without the
@@ -175,7 +196,7 @@ def _draw_learning_curves(ax: Axes, trials: Any, metric: str, mode: str,
     ts = _trials(trials)
     decisions = list(decisions or ())
     stops, pauses = _stop_points(ts, decisions), _pause_points(decisions)
-    curves = [(t, xs, ys) for t in ts for xs, ys in [_curve(t, metric)] if xs]
+    curves = [(t, xs, ys) for t in ts for xs, ys in [_curve(t, metric, histories)] if xs]
     best = _best_curve(curves, mode)
     many = len(curves) > MANY_TRIALS
     handles: list[Any] = []
@@ -334,19 +355,21 @@ def _curves_legend(ax: Axes, curves: Sequence[_Curve], best: int | None, stops: 
 
 
 def learning_curves(trials: Any, metric: str, mode: str,
-                    decisions: list[dict[str, Any]] | None, path: str) -> str:
+                    decisions: list[dict[str, Any]] | None, path: str,
+                    histories: Histories | None = None) -> str:
     """``metric`` against ``training_iteration``, one line per trial, coloured by what the
     scheduler decided (finished, stopped early with an ``X`` where it stopped, error, paused,
     running); the best trial (last value) is drawn thicker. ``decisions`` are the journal's
-    ``decision`` events (optional: they place the stop and pause markers exactly)."""
+    ``decision`` events (optional: they place the stop and pause markers exactly);
+    ``histories`` the trials' results (:data:`Histories`)."""
     fig = Figure(figsize=(10, 6), dpi=_DPI, layout="constrained")
-    _draw_learning_curves(fig.add_subplot(), trials, metric, mode, decisions)
+    _draw_learning_curves(fig.add_subplot(), trials, metric, mode, decisions, histories)
     return _save(fig, path)
 
 
 # -- rungs ------------------------------------------------------------------------------------
 def _reached(t: Trial) -> int:
-    return max(t.iteration, int(t.rung or 0), int(t.stopped_at or 0) if t.results else 0)
+    return max(t.iteration, int(t.rung or 0), int(t.stopped_at or 0) if t.num_results else 0)
 
 
 def _at_least(reached: Sequence[int], levels: Sequence[int]) -> list[int]:
@@ -374,7 +397,7 @@ def rung_counts(trials: Any, levels: Sequence[int] | None = None) -> dict[int, i
 
     Example:
         >>> from tuning._trial import Trial
-        >>> def t(i, it, rung): return Trial(f"t{i}", {}, results=[
+        >>> def t(i, it, rung): return Trial.with_results(f"t{i}", {}, [
         ...     {"training_iteration": k} for k in range(1, it + 1)], rung=rung)
         >>> rung_counts([t(0, 1, 1), t(1, 3, 3), t(2, 9, 3), t(3, 0, None)])
         {1: 3, 3: 2, 9: 1}
@@ -462,10 +485,7 @@ def _cat(v: Any) -> str:
 
 
 def _score(t: Trial, metric: str) -> float | None:
-    for r in reversed(t.results):
-        if _is_number(r.get(metric)):
-            return float(r[metric])
-    return None
+    return t.last_value(metric)
 
 
 def _draw_parallel(fig: Figure, ax: Axes, trials: Sequence[Trial], metric: str, mode: str
@@ -555,13 +575,15 @@ def parallel_coordinates(trials: Any, metric: str, path: str, mode: str = "max")
 
 
 def all_plots(trials: Any, metric: str, mode: str, events: Iterable[Mapping[str, Any]] | None,
-              out_dir: str) -> list[str]:
+              out_dir: str, histories: Histories | None = None) -> list[str]:
     """Write ``learning_curves.png``, ``rung_diagram.png`` and ``parallel_coordinates.png``
-    under ``out_dir`` (a local directory or fsspec URL); ``events`` are the journal's events
-    (only ``decision`` ones are used; may be empty). Returns the three paths."""
+    under ``out_dir`` (a local directory or fsspec URL); ``events`` are the journal's
+    ``decision`` events (may be empty), ``histories`` the trials' results for the curves.
+    Returns the three paths."""
     ts = _trials(trials)
     decisions = [dict(e) for e in events or () if e.get("event", "decision") == "decision"]
     base = os.fspath(out_dir).rstrip("/")
-    return [learning_curves(ts, metric, mode, decisions, f"{base}/learning_curves.png"),
+    return [learning_curves(ts, metric, mode, decisions, f"{base}/learning_curves.png",
+                            histories),
             rung_diagram(ts, f"{base}/rung_diagram.png"),
             parallel_coordinates(ts, metric, f"{base}/parallel_coordinates.png", mode=mode)]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from tuning._checkpoint import load_checkpoint
-from tuning._trial import Status, Trial
-from tuning.experiment import ExperimentState, Journal, find_experiment_dirs, replay
+from tuning._trial import Status, Trial, best_trial
+from tuning.experiment import (
+    ExperimentState,
+    Journal,
+    find_experiment_dirs,
+    read_histories,
+    replay,
+)
 
 __all__ = ["NoResultError", "TrialsFailedWarning", "TuneResult", "failure_summary", "last_value", "leaderboard_rows",
            "load_result"]
@@ -35,21 +40,24 @@ class TrialsFailedWarning(RuntimeWarning):
 
 
 def last_value(trial: Trial, metric: str) -> float | None:
-    for r in reversed(trial.results):
-        v = r.get(metric)
-        if isinstance(v, (int, float)) and not math.isnan(v):
-            return float(v)
-    return None
+    return trial.last_value(metric)
+
+
+def trial_row(t: Trial, metric: str, mode: str) -> dict[str, Any]:
+    """One trial as a row: the leaderboard's and the DataFrame's (one definition of both)."""
+    error = (t.error or "").strip().splitlines()
+    return {"trial_id": t.trial_id, "status": str(t.status), metric: t.last_value(metric),
+            f"best_{metric}": t.best_value(metric, mode), "iterations": t.iteration,
+            "rung": t.rung, "stopped_at": t.stopped_at, "num_failures": t.num_failures,
+            "wall_time_s": t.wall_time_s,
+            "time_total_s": (t.last_result or {}).get("time_total_s"),
+            "checkpoint": t.checkpoint, "error": error[-1] if error else None,
+            **{f"config/{k}": v for k, v in t.config.items()}}
 
 
 def leaderboard_rows(trials: Iterable[Trial], metric: str, mode: str) -> list[dict[str, Any]]:
-    """One row per trial, best first: id, status, last and best metric, iterations, config."""
-    rows = []
-    for t in trials:
-        rows.append({"trial_id": t.trial_id, "status": str(t.status),
-                     metric: last_value(t, metric), f"best_{metric}": t.best_value(metric, mode),
-                     "iterations": t.iteration, "rung": t.rung,
-                     **{f"config/{k}": v for k, v in t.config.items()}})
+    """One row per trial (:func:`trial_row`), best first; trials without a value last."""
+    rows = [trial_row(t, metric, mode) for t in trials]
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0)))
     return rows
@@ -72,22 +80,13 @@ class TuneResult:
 
     @property
     def best_trial(self) -> Trial | None:
-        scored = [(v, t) for t in self.trials if (v := last_value(t, self.metric)) is not None]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda vt: vt[0])[1]
+        return best_trial(self.state.trials.values(), self.metric, self.mode)
 
     @property
     def best_finished_trial(self) -> Trial | None:
         """The best trial among those that finished (TERMINATED or STOPPED): never one still
         running, paused or failed."""
-        scored = [(v, t) for t in self.trials
-                  if t.status in FINISHED and (v := last_value(t, self.metric)) is not None]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda vt: vt[0])[1]
+        return best_trial(self.state.trials.values(), self.metric, self.mode, FINISHED)
 
     @property
     def best_config(self) -> dict[str, Any] | None:
@@ -97,7 +96,7 @@ class TuneResult:
     @property
     def best_metric(self) -> float | None:
         t = self.best_trial
-        return last_value(t, self.metric) if t else None
+        return t.last_value(self.metric) if t else None
 
     @property
     def best_checkpoint(self) -> str | None:
@@ -115,24 +114,20 @@ class TuneResult:
 
     def dataframe(self) -> Any:
         """A pandas DataFrame: one row per trial (config, last and best metric, status, rung,
-        iterations, wall time, error)."""
+        iterations, wall time, checkpoint, error), in trial order."""
         import pandas as pd
 
-        rows = []
-        for t in self.trials:
-            first = t.results[0].get("timestamp") if t.results else None
-            last = t.results[-1].get("timestamp") if t.results else None
-            rows.append({"trial_id": t.trial_id, "status": str(t.status),
-                         self.metric: last_value(t, self.metric),
-                         f"best_{self.metric}": t.best_value(self.metric, self.mode),
-                         "iterations": t.iteration, "rung": t.rung, "stopped_at": t.stopped_at,
-                         "num_failures": t.num_failures,
-                         "wall_time_s": (last - first) if first and last else 0.0,
-                         "time_total_s": (t.last_result or {}).get("time_total_s"),
-                         "checkpoint": t.checkpoint, "error": (t.error or "").strip()
-                         .splitlines()[-1] if t.error else None,
-                         **{f"config/{k}": v for k, v in t.config.items()}})
-        return pd.DataFrame(rows)
+        return pd.DataFrame([trial_row(t, self.metric, self.mode) for t in self.trials])
+
+    def history(self, trial_id: str) -> list[dict[str, Any]]:
+        """Every result ``trial_id`` reported, in order, read from the journal (the driver
+        keeps only the last one); results a crashed run never committed are not included."""
+        return list(self.histories([trial_id]).get(trial_id, []))
+
+    def histories(self, trial_ids: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """The results of ``trial_ids`` (every trial when None), streamed from the journal:
+        memory grows with what is asked for, not with the journal."""
+        return read_histories(Journal(self.path), trial_ids)
 
     def __repr__(self) -> str:
         return (f"TuneResult({self.name!r}, trials={len(self.trials)}, best_metric="
@@ -159,7 +154,7 @@ def load_result(path: str) -> TuneResult:
     if len(dirs) > 1:
         raise ValueError(f"{path!r} holds {len(dirs)} experiments; name one: "
                          + ", ".join(d.rsplit('/', 1)[-1] for d in dirs))
-    st = replay(Journal(dirs[0]).read())
+    st = replay(Journal(dirs[0]).iter_events())
     spec = st.spec or {}
     return TuneResult(name=spec.get("name", dirs[0].rsplit("/", 1)[-1]), path=dirs[0],
                       metric=spec.get("metric", ""), mode=spec.get("mode", "max"), state=st,

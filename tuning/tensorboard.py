@@ -13,10 +13,10 @@ command. :func:`read_scalars` reads the files back with nothing but tensorboardX
 Example:
     >>> import tempfile
     >>> from tuning._trial import Trial
-    >>> t = Trial("trial-000", {"lr": 0.1}, results=[
-    ...     {"training_iteration": 1, "loss": 0.5}, {"training_iteration": 2, "loss": 0.25}])
+    >>> results = [{"training_iteration": 1, "loss": 0.5}, {"training_iteration": 2, "loss": 0.25}]
+    >>> t = Trial.with_results("trial-000", {"lr": 0.1}, results)
     >>> d = tempfile.mkdtemp()
-    >>> _ = write_tensorboard([t], d, metric="loss")
+    >>> _ = write_tensorboard([t], d, metric="loss", histories={"trial-000": results})
     >>> read_scalars(f"{d}/trial-000")["loss"]
     [(1, 0.5), (2, 0.25)]
 """
@@ -63,13 +63,8 @@ def _hparam(v: Any) -> bool | str | float | int:
 
 def _final_metrics(trial: Trial, metric: str | None) -> dict[str, float]:
     """The last value of ``metric`` (or of every numeric metric) for the HParams tab."""
-    last: dict[str, float] = {}
-    for r in trial.results:
-        for k, v in r.items():
-            x = _number(v)
-            if x is not None and k not in _SKIP and (metric is None or k == metric):
-                last[f"hparam/{k}"] = x
-    return last
+    return {f"hparam/{k}": v[0] for k, v in trial.values.items()
+            if k not in _SKIP and (metric is None or k == metric)}
 
 
 def _clear(trial_dir: str) -> None:
@@ -77,12 +72,13 @@ def _clear(trial_dir: str) -> None:
         os.remove(path)
 
 
-def _write_trial(tbx: Any, trial: Trial, trial_dir: str, metric: str | None) -> str:
+def _write_trial(tbx: Any, trial: Trial, results: Iterable[Mapping[str, Any]], trial_dir: str,
+                 metric: str | None) -> str:
     from tensorboardX.summary import hparams
 
     _clear(trial_dir)
     with tbx.SummaryWriter(logdir=trial_dir, flush_secs=3600) as w:
-        for i, r in enumerate(trial.results):
+        for i, r in enumerate(results):
             step = int(r.get(ITERATION, i + 1))
             wall = _number(r.get("timestamp"))
             for k, v in r.items():
@@ -102,11 +98,16 @@ def _write_trial(tbx: Any, trial: Trial, trial_dir: str, metric: str | None) -> 
 
 def write_tensorboard(trials: Iterable[Trial] | Mapping[str, Trial], log_dir: str,
                       metric: str | None = None,
-                      trial_ids: Iterable[str] | None = None) -> list[str]:
+                      trial_ids: Iterable[str] | None = None,
+                      histories: Mapping[str, Iterable[Mapping[str, Any]]] | None = None
+                      ) -> list[str]:
     """Write (or rewrite) one TensorBoard run per trial under ``log_dir``.
 
     Args:
         trials: the trials, or a ``{trial_id: Trial}`` dict (``ctl.trials``).
+        histories: each trial's results in order (``TuneResult.histories()`` or
+            :func:`tuning.experiment.read_histories`); a trial without one gets its config and
+            final metrics only.
         log_dir: a local directory (created if missing).
         metric: the metric the HParams tab compares; default: every numeric metric.
         trial_ids: only (re)write these trials, e.g. those a wave touched.
@@ -121,7 +122,9 @@ def write_tensorboard(trials: Iterable[Trial] | Mapping[str, Trial], log_dir: st
     ts = list(trials.values()) if isinstance(trials, Mapping) else list(trials)
     only = set(trial_ids) if trial_ids is not None else None
     os.makedirs(log_dir, exist_ok=True)
-    return [_write_trial(tbx, t, os.path.join(log_dir, t.trial_id), metric)
+    hist = histories or {}
+    return [_write_trial(tbx, t, hist.get(t.trial_id, ()), os.path.join(log_dir, t.trial_id),
+                         metric)
             for t in ts if only is None or t.trial_id in only]
 
 

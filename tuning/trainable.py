@@ -34,12 +34,12 @@ __all__ = [
     "MetricError",
     "Segment",
     "SegmentSummary",
+    "TrialTimeout",
     "get_checkpoint",
     "get_trial_id",
     "outside_trial_warning",
     "report",
     "run_segment",
-    "TrialTimeout",
 ]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tuning._env import quiet_defaults
+from tuning.experiment import ExperimentState
 from tuning.results import (
     NoResultError,
     TrialsFailedWarning,
@@ -129,14 +130,25 @@ class Tuner:
         quiet_defaults()
         from flows.tune import tune
 
+        self.components.extra.pop("final_state", None)
         out = tune(spec=self.spec, resume=resume, components=self.components)
         self.spec = self.spec.model_copy(update={"run_name": out["run_name"]})
-        res = self.result()
+        res = self._result_from(self.components.extra.pop("final_state", None))
         _check_outcome(res)
         return res
 
     def result(self) -> TuneResult:
-        res = load_result(self.spec.experiment_dir())
+        """The run's result, read from its journal."""
+        return self._result_from(None)
+
+    def _result_from(self, state: ExperimentState | None) -> TuneResult:
+        if state is None:
+            res = load_result(self.spec.experiment_dir())
+        else:
+            if state.spec is None:
+                state.spec = self.spec.to_json_dict()
+            res = TuneResult(name=self.spec.name, path=self.spec.experiment_dir(),
+                             metric=self.spec.metric, mode=self.spec.mode, state=state)
         res.tracking_uri = self.spec.effective_tracking_uri()
         return res
 

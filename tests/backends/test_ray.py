@@ -19,7 +19,7 @@ from tuning.backends import BackendError, make_backend
 from tuning.backends._base import Done, Lost, Result, Started
 from tuning.backends.ray import RayBackend
 from tuning.controller import Budget, Controller
-from tuning.experiment import Journal
+from tuning.experiment import Journal, read_histories
 from tuning.schedulers import FIFO
 from tuning.searchers import RandomSearch
 from tuning.space import Space
@@ -78,7 +78,7 @@ def _check_run(result, tmp_path, name):
     for t in trials:
         history = sorted(client.get_metric_history(runs[t.trial_id].info.run_id, "score"),
                          key=lambda m: m.step)
-        assert [m.value for m in history] == pytest.approx([r["score"] for r in t.results])
+        assert [m.value for m in history] == pytest.approx([r["score"] for r in result.history(t.trial_id)])
         assert len(history) == t.iteration
 
 
@@ -183,13 +183,15 @@ def test_asha_stop_at_a_milestone_trains_no_iteration_past_it(tmp_path):
         ctl = _controller(tmp_path, ASHA(max_t=9, grace_period=1, reduction_factor=3),
                           trainables.curve, {"x": uniform(0, 1), "iters": 9, "sleep": 0.02},
                           n=12, backend=b).run()
+    hist = read_histories(ctl.journal)
     trials = list(ctl.trials.values())
     stopped = [t for t in trials if t.status == Status.STOPPED]
     assert stopped, [(t.trial_id, t.status, t.iteration) for t in trials]
     assert any(t.stopped_at == 1 for t in stopped), [(t.trial_id, t.stopped_at) for t in stopped]
     for t in stopped:
         assert t.iteration == t.stopped_at, (t.trial_id, t.iteration, t.stopped_at)
-        assert [r["training_iteration"] for r in t.results] == list(range(1, t.iteration + 1))
+        assert [r["training_iteration"] for r in hist[t.trial_id]] == \
+            list(range(1, t.iteration + 1))
     assert all(t.status in (Status.STOPPED, Status.TERMINATED) for t in trials), \
         [(t.trial_id, t.status, t.error) for t in trials]
     assert any(t.status == Status.TERMINATED and t.iteration == 9 for t in trials)

@@ -102,7 +102,7 @@ def test_worker_killed_mid_trial_every_trial_recorded_once(cluster, tmp_path):
     lost = {e["trial_id"] for e in failures}
     for t in res.trials:
         if t.trial_id in lost:
-            assert [r["training_iteration"] for r in t.results] == list(range(1, t.iteration + 1))
+            assert [r["training_iteration"] for r in res.history(t.trial_id)] == list(range(1, t.iteration + 1))
 
 
 def test_resources_no_worker_has_are_refused_up_front(cluster, tmp_path):
@@ -126,8 +126,8 @@ def test_resources_limit_concurrency(cluster, tmp_path):
                 backend={"type": "dask", "address": addr}, resources={"cpu": 1},
                 storage_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db", seed=0,
                 name="res1").run()
-    spans = [(t.results[0]["timestamp"] - t.results[0]["time_this_iter_s"],
-              t.results[-1]["timestamp"]) for t in res.trials]
+    spans = [(h[0]["timestamp"] - h[0]["time_this_iter_s"], h[-1]["timestamp"])
+             for h in res.histories().values()]
     most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
     assert all(str(t.status) == "TERMINATED" for t in res.trials)
     assert most <= 3  # three workers with CPU=1 each

@@ -28,7 +28,7 @@ def test_max_failures_retries_from_the_last_checkpoint(tmp_path):
                 space={"x": uniform(0.1, 1.0), "marker_dir": str(marks)}).run()
     for t in res.trials:
         assert str(t.status) == "TERMINATED" and t.num_failures == 1
-        assert [r["training_iteration"] for r in t.results] == [1, 2, 3, 4, 5, 6]
+        assert [r["training_iteration"] for r in res.history(t.trial_id)] == [1, 2, 3, 4, 5, 6]
     c = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
     kids = [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])
             if "mlflow.parentRunId" in r.data.tags]

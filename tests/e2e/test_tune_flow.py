@@ -53,7 +53,7 @@ def test_a_metric_per_report_with_the_right_steps(asha_run):
         hist = c.get_metric_history(kids[t.trial_id].info.run_id, "score")
         assert sorted(m.step for m in hist) == list(range(1, t.iteration + 1))
         recorded = {m.step: m.value for m in hist}
-        assert all(abs(recorded[r["training_iteration"]] - r["score"]) < 1e-12 for r in t.results)
+        assert all(abs(recorded[r["training_iteration"]] - r["score"]) < 1e-12 for r in result.history(t.trial_id))
         assert float(kids[t.trial_id].data.params["x"]) == pytest.approx(t.config["x"])
 
 

@@ -151,7 +151,7 @@ def test_sklearn_forest_reports_each_increment(tmp_path: Path, prefect_server: N
     df = result.dataframe()
     assert list(df["iterations"]) == [3, 3]
     for t in result.trials:
-        assert [r["n_estimators"] for r in t.results] == [4, 8, 12]
+        assert [r["n_estimators"] for r in result.history(t.trial_id)] == [4, 8, 12]
     assert result.best_metric > 0.7
 
 
@@ -167,7 +167,7 @@ def test_xgboost_reports_each_round(tmp_path: Path, prefect_server: None) -> Non
     df = result.dataframe()
     assert list(df["iterations"]) == [5, 5]
     for t in result.trials:
-        assert [r["rounds"] for r in t.results] == [1, 2, 3, 4, 5]
+        assert [r["rounds"] for r in result.history(t.trial_id)] == [1, 2, 3, 4, 5]
     assert result.load_checkpoint()["rounds"] == 5
 
 

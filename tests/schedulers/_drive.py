@@ -152,7 +152,7 @@ class Driver:
         self.progress[tid] += 1
         loss = float("nan") if tid == NAN_TRIAL else loss_curve(trial.config, self.progress[tid])
         result = {ITERATION: it, "loss": loss, "time_total_s": 1.5 * it}
-        trial.results.append(result)
+        trial.observe(result)
         decision = self.scheduler.on_result(trial, result)
         self.log.append(("result", tid, it, str(decision), trial.rung))
         self._apply(trial, decision, float(result.get(self.scheduler.time_attr, it)))

@@ -23,7 +23,7 @@ def _add(s: ASHA, n: int, start: int = 0) -> list[Trial]:
 
 def _report(s: ASHA, trial: Trial, it: int, value: float, key: str = "acc") -> Decision:
     result = {"training_iteration": it, key: value}
-    trial.results.append(result)
+    trial.observe(result)
     return s.on_result(trial, result)
 
 
@@ -119,8 +119,8 @@ def test_stop_variant_other_time_attr_crossing_milestones() -> None:
     a, b = _add(s, 2)
     seen = []
     for trial, t, v in [(a, 4.0, 0.9), (a, 12.5, 0.5), (b, 11.0, 0.4), (a, 35.0, 0.7)]:
-        result = {"training_iteration": len(trial.results) + 1, "time_total_s": t, "acc": v}
-        trial.results.append(result)
+        result = {"training_iteration": trial.num_results + 1, "time_total_s": t, "acc": v}
+        trial.observe(result)
         seen.append(s.on_result(trial, result))
     # t=4 < 10: nothing; a at 12.5 first at milestone 10 -> on; b 0.4 < 0.5 -> stopped;
     # a at 35 passes milestone 30 first -> on

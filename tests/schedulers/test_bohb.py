@@ -48,7 +48,7 @@ def _fill_rung(bohb: BOHB, n: int) -> dict[str, Trial]:
         trials[t.trial_id] = t
         bohb.on_trial_add(t)
         result = {"training_iteration": 1, "loss": sug.config["x"]}
-        t.results.append(result)
+        t.observe(result)
         bohb.on_result(t, result)
     return trials
 

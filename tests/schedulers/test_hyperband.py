@@ -78,7 +78,7 @@ def _start(hb: HyperBand, trials: dict[str, Trial], n: int) -> list[Trial]:
 
 def _report(hb: HyperBand, t: Trial, it: int, acc: float) -> Decision:
     result = {"training_iteration": it, "acc": acc}
-    t.results.append(result)
+    t.observe(result)
     d = hb.on_result(t, result)
     if d == Decision.PAUSE:
         t.status = Status.PAUSED

@@ -88,7 +88,7 @@ def _population(pbt: PBT, n: int) -> dict[str, Trial]:
 
 def _report(pbt: PBT, t: Trial, it: int, acc: float) -> Decision:
     result = {"training_iteration": it, "acc": acc}
-    t.results.append(result)
+    t.observe(result)
     d = pbt.on_result(t, result)
     if d == Decision.PAUSE:
         t.status, t.checkpoint = Status.PAUSED, f"ckpt/{t.trial_id}/{it}"

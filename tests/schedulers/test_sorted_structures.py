@@ -224,8 +224,8 @@ def test_paused_set_follows_the_controller_and_the_old_order() -> None:
         trial = trials[f"t{int(rng.integers(len(trials)))}"]
         if trial.status == Status.RUNNING and r < 0.7:
             it = trial.iteration + 1
-            trial.results.append({"training_iteration": it})
-            if s.on_result(trial, trial.results[-1]) == Decision.PAUSE:
+            trial.observe({"training_iteration": it})
+            if s.on_result(trial, trial.last_result) == Decision.PAUSE:
                 trial.status = Status.PAUSED
         elif r < 0.75:  # the controller changes a status on its own
             trial.status = Status(rng.choice([Status.ERROR, Status.STOPPED, Status.RUNNING]))
@@ -258,8 +258,8 @@ def test_pbt_resumes_the_smallest_last_pause_as_before() -> None:
         trial = trials[f"t{int(rng.integers(200))}"]
         if trial.status == Status.RUNNING:
             it = trial.iteration + 1
-            trial.results.append({"training_iteration": it, "acc": float(rng.normal())})
-            if pbt.on_result(trial, trial.results[-1]) == Decision.PAUSE:
+            trial.observe({"training_iteration": it, "acc": float(rng.normal())})
+            if pbt.on_result(trial, trial.last_result) == Decision.PAUSE:
                 trial.status = Status.PAUSED
         elif rng.random() < 0.05:
             trial.status = Status.STOPPED

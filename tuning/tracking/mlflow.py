@@ -17,7 +17,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -483,13 +483,15 @@ class MlflowTracker:
         self._send(("plots", experiment_dir, out_dir))
 
     def _plots(self, experiment_dir: str, out_dir: str) -> None:
-        from tuning.experiment import Journal, replay
-        from tuning.plots import all_plots
+        from tuning.experiment import Journal, committed_events, replay
+        from tuning.plots import all_plots, histories_from_events
 
         journal = Journal(experiment_dir)
         st = replay(journal.iter_events())
-        decisions = [e for e in journal.iter_events() if e["event"] == "decision"]
-        paths = all_plots(st.trials, self.metric, self.mode, decisions, out_dir)
+        decisions = list(committed_events(journal.iter_events(), ("decision",)))
+        curves = histories_from_events(committed_events(journal.iter_events(), ("result",)),
+                                       self.metric)
+        paths = all_plots(st.trials, self.metric, self.mode, decisions, out_dir, curves)
         self.log_files(paths, "plots")
 
 

@@ -1,0 +1,44 @@
+"""The Dask backend through the real controller: a STOP decided at a milestone lands before the
+trial's next iteration (report() waits there for the answer)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+
+from tuning import ASHA, Status, uniform
+from tuning.backends.dask import DaskBackend
+from tuning.controller import Budget, Controller
+from tuning.experiment import Journal, read_histories
+from tuning.searchers import RandomSearch
+from tuning.space import Space
+
+pytestmark = pytest.mark.slow
+
+
+def test_asha_stop_at_a_milestone_trains_no_iteration_past_it(tmp_path):
+    import trainables
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = str(tmp_path / "exp")
+    space = {"x": uniform(0, 1), "iters": 9, "sleep": 0.02, "marks": str(marks)}
+    with DaskBackend(n_workers=2) as backend:
+        ctl = Controller(name="exp", trainable=trainables.counted, space=Space(space),
+                         metric="score", mode="max",
+                         scheduler=ASHA(max_t=9, grace_period=1, reduction_factor=3),
+                         searcher=RandomSearch(), backend=backend, journal=Journal(d),
+                         storage=d, budget=Budget(num_samples=16), seed=0).run()
+    begun = Counter(name.rsplit(".", 1)[0] for name in os.listdir(marks))
+    trials = list(ctl.trials.values())
+    hist = read_histories(ctl.journal)
+    stopped = [t for t in trials if t.status == Status.STOPPED]
+    assert any(t.stopped_at == 1 for t in stopped), [(t.trial_id, t.stopped_at) for t in trials]
+    for t in stopped:  # not one iteration begun after the milestone it was stopped at
+        assert begun[f"{t.config['x']:.9f}"] == t.iteration == t.stopped_at, t.trial_id
+        assert [r["training_iteration"] for r in hist[t.trial_id]] == \
+            list(range(1, t.stopped_at + 1))
+    finished = [t for t in trials if t.status == Status.TERMINATED]
+    assert finished and all(begun[f"{t.config['x']:.9f}"] == 9 for t in finished)
