@@ -5,7 +5,7 @@
       with provision(spec.backend) as cluster:     # closed when the flow ends (ExitStack)
         loop until the budget is spent:
           dispatch(experiment)         # a wave: seconds of work, each result decided at once
-          evaluate_rungs(experiment)   # between waves: rungs, budgets, a state snapshot
+          evaluate_rungs(experiment)   # between waves: rungs, budgets, a snapshot when due
       summarize(experiment)            # leaderboard and summary artifacts; plots by the writer
 
 Task runs grow with wall time (waves double from 2 s to 30 s), not with trials or results;

@@ -21,5 +21,5 @@ def dispatch(ctl: Controller) -> dict[str, Any]:
 @task(name="evaluate-rungs", cache_policy=NONE, persist_result=False)
 def evaluate_rungs(ctl: Controller) -> dict[str, Any]:
     """Between waves: rungs closed by a scheduler that pauses trials, budgets, a state
-    snapshot; returns the trials per rung and per status."""
+    snapshot when one is due; returns the trials per rung and per status."""
     return ctl.end_wave()

@@ -5,8 +5,8 @@ scheduler what to run, pause or stop, and the backend to run segments. It knows 
 Prefect or MLflow. A *wave* is a window of wall time (:meth:`run_wave`, seconds, doubling up
 to ``max_wave_s``): within it every backend message is applied at once (O(1) work here plus
 the scheduler's own), the answer to a trial waiting at a decision point goes straight back,
-and new segments start as slots free. Between waves :meth:`end_wave` closes rungs and writes
-a state snapshot. Events go to the journal's group commits; nothing here waits on a disk, on
+and new segments start as slots free. Between waves :meth:`end_wave` closes rungs and, when the
+journal's :class:`~tuning.experiment.SnapshotPolicy` says one is due, writes a state snapshot. Events go to the journal's group commits; nothing here waits on a disk, on
 Prefect or on MLflow. ``flows/tune.py`` runs one ``dispatch`` and one ``evaluate-rungs`` task
 per wave.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from tuning._trial import ITERATION, TERMINAL, Status, Trial, best_trial, format_trial_id
 from tuning.backends._base import Backend, Done, Lost, Message, Result, Started
-from tuning.experiment import ExperimentState, Journal
+from tuning.experiment import ExperimentState, Journal, SnapshotPolicy
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew
 from tuning.searchers._base import FINISHED, Searcher
 from tuning.space import Space
@@ -113,6 +113,7 @@ class Controller:
     replayed: ExperimentState | None = None  # the journal replayed, when resuming
     first_wave_s: float = 2.0  # waves double from this, up to max_wave_s
     max_wave_s: float = 30.0
+    snapshots: SnapshotPolicy = field(default_factory=SnapshotPolicy)
 
     def __post_init__(self) -> None:
         self.trials: dict[str, Trial] = {}
@@ -133,6 +134,7 @@ class Controller:
         self._t0 = 0.0
         self._seg_ema: float | None = None  # wall seconds a segment takes
         self._report = WaveReport()
+        self._snap_bytes, self._snap_at, self._snap_t = 0, 0, time.monotonic()
         self._max_trials = self.budget.num_samples * max(len(self.space.grid_points()), 1)
         rng = np.random.default_rng(self.seed)
         s_seed, r_seed = rng.integers(2**31, size=2)
@@ -371,7 +373,7 @@ class Controller:
         self._check_time_budget()
         if not self.finished and not self.flights and not self.to_resubmit:
             self._fill()
-        self.commit()
+        self.commit(force=False)
         return self.rung_summary()
 
     def rung_summary(self) -> dict[str, Any]:
@@ -682,13 +684,21 @@ class Controller:
     def _emit(self, event: str, **data: Any) -> None:
         self.journal.append(event, **data)
 
-    def commit(self) -> None:
-        """Append a state snapshot (what resume replays up to) and write the journal."""
-        self.journal.append("state", scheduler=self.scheduler.state_dict(),
-                            searcher=self.searcher.state_dict(),
-                            controller=self._controller_state(),
-                            backend=self.backend.state_dict())
-        self.journal.flush()
+    def commit(self, force: bool = True) -> None:
+        """Append a state snapshot (what resume replays up to) when forced or when the
+        snapshot policy says one is due; ``force`` also waits for the journal to be written."""
+        j = self.journal
+        since = j.bytes_appended - self._snap_at
+        if not force and not self.snapshots.due(since, self._snap_bytes,
+                                                time.monotonic() - self._snap_t):
+            return
+        j.append("state", scheduler=self.scheduler.state_dict(),
+                 searcher=self.searcher.state_dict(), controller=self._controller_state(),
+                 backend=self.backend.state_dict())
+        self._snap_bytes, self._snap_at = j.last_line_bytes, j.bytes_appended
+        self._snap_t = time.monotonic()
+        if force:
+            j.flush()
 
     def _controller_state(self) -> dict[str, Any]:
         return {"trial_count": self.trial_count, "segment_count": self.segment_count,

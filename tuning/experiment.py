@@ -2,9 +2,11 @@
 
 Every event is one JSON line in ``<storage>/<experiment>/journal.jsonl``, written through fsspec
 (a local directory by default, any fsspec URL such as ``s3://bucket/prefix``). The controller
-appends a ``state`` event (scheduler, searcher and controller state) at the end of each wave
-(a window of seconds); replay applies events up to the last ``state`` event, so a crash
-mid-wave loses at most the uncommitted tail, which the resumed run re-does from the trials'
+appends a ``state`` event (scheduler, searcher and controller state) now and then: when the
+events since the last one outweigh it several times over, or after a while when they are a
+fair share of it (:class:`SnapshotPolicy`), so snapshots take a bounded share of the journal,
+which grows linearly with its events. Replay applies events up to the last ``state`` event, so
+a crash loses at most the uncommitted tail, which the resumed run re-does from the trials'
 checkpoints. Events are written in group commits off the decision path.
 
 A torn last line (the process died mid-write) is dropped with a warning; any other unreadable
@@ -33,6 +35,7 @@ __all__ = [
     "ExperimentState",
     "Journal",
     "JournalError",
+    "SnapshotPolicy",
     "committed_events",
     "experiment_dir",
     "find_experiment_dirs",
@@ -110,6 +113,8 @@ class Journal:
         self._writer: threading.Thread | None = None
         self._closed = False
         self.bytes_written = 0
+        self.bytes_appended = 0  # by this process, queued or written
+        self.last_line_bytes = 0
         self.error: BaseException | None = None
 
     def exists(self) -> bool:
@@ -181,6 +186,8 @@ class Journal:
             except ValueError:
                 line = json.dumps(_json_safe(record), separators=(",", ":"))
             self._pending.append((line, record))
+            self.bytes_appended += len(line) + 1
+            self.last_line_bytes = len(line) + 1
             if self._writer is None and not self._closed:
                 self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                                 name="rungflow-journal")
@@ -277,6 +284,37 @@ class Journal:
                     f.truncate(size - back + cut + 1)
                     return
                 back = min(size, back * 2)
+
+
+@dataclass
+class SnapshotPolicy:
+    """When the controller writes a state snapshot (O(trials) bytes) into the journal.
+
+    A snapshot is due when the events appended since the last one reach ``ratio`` times its
+    size, or when ``max_interval_s`` have passed and they reach ``1 / ratio`` of it. Either
+    way a snapshot is at most ``ratio`` times the events before it, so snapshots are a bounded
+    share of the journal and its size stays linear in its events (not waves x trials), while
+    a crash re-does at most a few seconds to a few minutes of work.
+
+    Example:
+        >>> p = SnapshotPolicy(ratio=4.0, max_interval_s=60.0)
+        >>> p.due(since_bytes=3_000, snapshot_bytes=1_000, since_s=1.0)
+        False
+        >>> p.due(since_bytes=4_000, snapshot_bytes=1_000, since_s=1.0)
+        True
+        >>> p.due(since_bytes=300, snapshot_bytes=1_000, since_s=61.0)
+        True
+    """
+
+    ratio: float = 4.0
+    max_interval_s: float = 60.0
+
+    def due(self, since_bytes: int, snapshot_bytes: int, since_s: float) -> bool:
+        if since_bytes <= 0:
+            return False
+        if since_bytes >= self.ratio * snapshot_bytes:
+            return True
+        return since_s >= self.max_interval_s and since_bytes * self.ratio >= snapshot_bytes
 
 
 @dataclass
