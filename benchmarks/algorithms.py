@@ -223,11 +223,13 @@ def _job(args: tuple[int, int, int, str, str]) -> dict[str, Any]:
 
 def pbt_exploits(events: list[dict[str, Any]]) -> list[int]:
     """Per PBT exploit: the donor checkpoint's iteration minus the iteration the trial restarts
-    at (simulated checkpoints are ``sim://<trial>/<iteration>``); > 0 is training not counted."""
+    at (simulated checkpoints are ``sim://<trial>/<iteration>#<state>``); > 0 is training not
+    counted."""
     gaps = []
     for e, nxt in itertools.pairwise(events):
         if e["event"] == "exploit" and nxt["event"] == "segment_started":
-            gaps.append(int(str(e["checkpoint"]).rsplit("/", 1)[1]) - int(nxt["start_iteration"]))
+            ckpt_iteration = int(str(e["checkpoint"]).split("#", 1)[0].rsplit("/", 1)[1])
+            gaps.append(ckpt_iteration - int(nxt["start_iteration"]))
     return gaps
 
 

@@ -42,3 +42,31 @@ def test_asha_stop_at_a_milestone_trains_no_iteration_past_it(tmp_path):
             list(range(1, t.stopped_at + 1))
     finished = [t for t in trials if t.status == Status.TERMINATED]
     assert finished and all(begun[f"{t.config['x']:.9f}"] == 9 for t in finished)
+
+
+def _wait_for(pred, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pred()
+
+
+def test_slots_follow_workers_as_they_come_and_go_without_asking_the_scheduler():
+    """Six workers (more than the five `scheduler_info()` lists by default on some
+    `distributed` versions), then fewer, then more: the slots follow from the scheduler
+    plugin's events alone."""
+    backend = DaskBackend(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": 6, "threads_per_worker": 2,
+                                          "processes": False, "dashboard_address": None})
+    with backend:
+        assert backend._watched
+        asked = []
+        backend._workers_info = lambda: asked.append(1) or {}  # must not be needed now
+        assert backend.slots == 12
+        backend.cluster.scale(3)
+        assert _wait_for(lambda: backend.slots == 6), backend.slots
+        backend.cluster.scale(7)
+        assert _wait_for(lambda: backend.slots == 14), backend.slots
+        assert not asked

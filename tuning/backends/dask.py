@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from tuning.backends._base import (
     Backend,
@@ -120,6 +120,36 @@ class _TrainablePlugin(WorkerPlugin):
         _MAILBOX.trainables.pop(self.topic, None)
 
 
+class _WorkerWatch(SchedulerPlugin):
+    """On the scheduler: tells the run's client about every worker that joins or leaves (and,
+    when registered, about those already there) on the run's event topic, so the driver
+    counts its slots without asking the scheduler (no round trip, no cap on the number of
+    workers, whatever the ``distributed`` version)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.name = f"rungflow-workers-{topic}"
+        self.scheduler: Any = None
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        workers = {addr: _worker_info(ws) for addr, ws in scheduler.workers.items()}
+        scheduler.log_event(self.topic, {"type": "workers", "workers": workers})
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        ws = scheduler.workers.get(worker)
+        if ws is not None:
+            scheduler.log_event(self.topic, {"type": "worker_added", "worker": worker,
+                                             "info": _worker_info(ws)})
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        scheduler.log_event(self.topic, {"type": "worker_removed", "worker": worker})
+
+
+def _worker_info(ws: Any) -> dict[str, Any]:
+    return {"nthreads": int(ws.nthreads), "resources": dict(ws.resources)}
+
+
 class _DaskChannel:
     """Worker side: talks to the driver through the Dask scheduler."""
 
@@ -193,7 +223,10 @@ class DaskBackend(Backend):
         self._segment_ids: dict[str, int] = {}
         self._cancelled: set[str] = set()
         self._owns_cluster = False
-        self._slots: tuple[float, int] | None = None  # (when counted, slots)
+        self._workers_seen: dict[str, dict[str, Any]] = {}  # address -> threads, resources
+        self._slot_count = 1
+        self._watched = False  # the scheduler plugin reports workers as they come and go
+        self._slots_t = 0.0  # without the plugin: when the slots were last counted
 
     # -- lifecycle -------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -233,7 +266,31 @@ class DaskBackend(Backend):
             raise BackendError(f"backend.address: cannot reach the Dask scheduler at {where!r} "
                                f"within {self.connect_timeout_s:g}s ({exc})") from None
         self.client.subscribe_topic(self.topic, self._on_event)
+        self._subscribed_now()
+        self._set_workers(self._workers_info())
+        self._watch_workers()
         self._check_resources()
+
+    def _subscribed_now(self) -> None:
+        """``subscribe_topic`` travels on the client's batched stream and may reach the
+        scheduler after events published by an RPC sent later (the plugin's first news):
+        subscribe once more by a call that has taken effect when it returns."""
+        topic, cid = self.topic, self.client.id
+
+        def subscribe(dask_scheduler: Any) -> None:
+            dask_scheduler.subscribe_topic(topic, cid)
+
+        self.client.run_on_scheduler(subscribe)
+
+    def _watch_workers(self) -> None:
+        """Register :class:`_WorkerWatch`; a scheduler that cannot import rungflow refuses it,
+        and slots are then counted from the scheduler at most once a second."""
+        try:
+            self.client.register_plugin(_WorkerWatch(self.topic),
+                                        name=f"rungflow-workers-{self.topic}")
+            self._watched = True
+        except Exception as exc:  # noqa: BLE001 - counted by polling instead
+            log.info("worker watch plugin not registered (%s): slots are polled", exc)
 
     def _workers_info(self) -> dict[str, dict[str, Any]]:
         """Every worker's threads and resources, straight from the scheduler (no cap on the
@@ -249,7 +306,7 @@ class DaskBackend(Backend):
         (An adaptive cluster may have no worker yet; its workers are checked as they come.)"""
         if not self.resources:
             return
-        workers = self._workers_info().values()
+        workers = list(self._workers_seen.values())
         if not workers:
             return
         for key, need in _dask_resources(self.resources).items():
@@ -281,6 +338,8 @@ class DaskBackend(Backend):
         if client is not None:
             try:
                 client.unsubscribe_topic(self.topic)
+                if not self._owns_cluster:  # a shared cluster keeps nothing of this run
+                    self._unregister(client)
                 for fut in self._futures.values():
                     self._cancelled.add(fut.key)
                     fut.cancel()
@@ -290,21 +349,37 @@ class DaskBackend(Backend):
         if cluster is not None and self._owns_cluster:
             cluster.close()
 
+    def _unregister(self, client: Any) -> None:
+        for name in (f"rungflow-trainable-{self.topic}", f"rungflow-workers-{self.topic}"):
+            try:
+                if name.startswith("rungflow-trainable"):
+                    client.unregister_worker_plugin(name)
+                elif self._watched:
+                    client.unregister_scheduler_plugin(name)
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                log.debug("unregistering %s: %s", name, exc)
+
     # -- capacity --------------------------------------------------------------------------
     @property
     def slots(self) -> int:
-        """Worker threads (or CPU resources over what a trial needs), counted from the
-        scheduler at most once a second: workers that join or leave (``adapt``) count within
-        a second, and planning a segment costs no round trip."""
+        """Worker threads (or CPU resources over what a trial needs) of the workers the
+        scheduler plugin reported: workers that join or leave (``adapt``) count as soon as
+        the scheduler sees them, and no call here costs a round trip. Without the plugin,
+        counted from the scheduler at most once a second."""
         if self.max_concurrent:
             return self.max_concurrent
-        now = time.monotonic()
-        if self._slots is None or now - self._slots[0] > 1.0:
-            self._slots = (now, self._count_slots())
-        return self._slots[1]
+        if not self._watched and self.client is not None and \
+                time.monotonic() - self._slots_t > 1.0:
+            self._set_workers(self._workers_info())
+        return self._slot_count
+
+    def _set_workers(self, workers: dict[str, dict[str, Any]]) -> None:
+        self._workers_seen = dict(workers)
+        self._slots_t = time.monotonic()
+        self._slot_count = self._count_slots()
 
     def _count_slots(self) -> int:
-        workers = self._workers_info().values()
+        workers = list(self._workers_seen.values())
         total = sum(w["nthreads"] for w in workers)
         need = self.resources.get("CPU") or self.resources.get("cpu")
         if need:
@@ -350,6 +425,9 @@ class DaskBackend(Backend):
         _, raw = event
         if not isinstance(raw, dict):
             return
+        if raw.get("type") in _WORKER_EVENTS:
+            self._on_workers(raw)
+            return
         msg = message_from_dict(raw)
         if isinstance(msg, Started):  # where the trial runs now (also after a restart)
             self._workers[msg.trial_id] = msg.worker or ""
@@ -357,6 +435,17 @@ class DaskBackend(Backend):
                 self._post(msg.trial_id, None, True)
         if msg is not None:
             self._messages.put(msg)
+
+    def _on_workers(self, raw: dict[str, Any]) -> None:
+        """The scheduler plugin's news (on the client's event loop thread)."""
+        workers = dict(self._workers_seen)
+        if raw["type"] == "workers":
+            workers = dict(raw["workers"])
+        elif raw["type"] == "worker_added":
+            workers[raw["worker"]] = raw["info"]
+        else:
+            workers.pop(raw["worker"], None)
+        self._set_workers(workers)
 
     def _on_done(self, fut: Any, segment: Segment) -> None:
         tid, sid = segment.trial_id, segment.segment_id
@@ -442,6 +531,9 @@ class DaskBackend(Backend):
     def segment_finished(self, trial_id: str) -> None:
         self._futures.pop(trial_id, None)
         self._segment_ids.pop(trial_id, None)
+
+
+_WORKER_EVENTS = frozenset({"workers", "worker_added", "worker_removed"})
 
 
 def _local_resources(n_workers: int) -> dict[str, float]:

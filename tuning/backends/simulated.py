@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import heapq
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ class SimulatedTrainable:
     def step(self, state: dict[str, Any], config: dict[str, Any],
              t: int) -> tuple[dict[str, Any], dict[str, float], float]:
         raise NotImplementedError
+
+    def cost(self, state: dict[str, Any], config: dict[str, Any], t: int) -> float:
+        """Virtual seconds iteration ``t`` takes (the default steps a copy to find out)."""
+        return self.step(dict(state), config, t)[2]
 
     def __call__(self, config: dict[str, Any]) -> None:  # pragma: no cover - sim only
         raise TypeError("a SimulatedTrainable runs on backend={'type': 'simulated'} only")
@@ -83,6 +88,9 @@ class CrossingCurves(SimulatedTrainable):
         rng = np.random.default_rng(abs(hash((round(progress, 9), t))) % (2**32))
         acc = self.final(config) * (1.0 - math.exp(-progress)) + self.noise * rng.standard_normal()
         return {"progress": progress}, {self.metric: float(acc)}, self.cost_s
+
+    def cost(self, state: dict[str, Any], config: dict[str, Any], t: int) -> float:
+        return self.cost_s
 
 
 @dataclass
@@ -136,6 +144,29 @@ class TabulatedCurves(SimulatedTrainable):
         curve = self.curves[config[self.key]]
         return state, {self.metric: float(curve[min(t, len(curve)) - 1])}, self.cost_s
 
+    def cost(self, state: dict[str, Any], config: dict[str, Any], t: int) -> float:
+        return self.cost_s
+
+
+def checkpoint_url(trial_id: str, iteration: int, state: dict[str, Any]) -> str:
+    """A simulated checkpoint: the curve's (small) state travels in its URL, so the backend
+    stores nothing per checkpoint and its snapshot stays O(running trials).
+
+    Example:
+        >>> url = checkpoint_url("trial-001", 3, {"progress": 0.25})
+        >>> url, checkpoint_state(url)
+        ('sim://trial-001/3#{"progress":0.25}', {'progress': 0.25})
+    """
+    return f"sim://{trial_id}/{iteration}#{json.dumps(state, separators=(',', ':'))}"
+
+
+def checkpoint_state(url: str) -> dict[str, Any]:
+    """The curve state of a :func:`checkpoint_url`."""
+    _, sep, blob = url.partition("#")
+    if not sep:
+        raise ValueError(f"not a simulated checkpoint: {url!r}")
+    return dict(json.loads(blob))
+
 
 @dataclass
 class _Running:
@@ -167,7 +198,6 @@ class SimulatedBackend(Backend):
         self.now = 0.0
         self._heap: list[tuple[float, int, str, int]] = []
         self._running: dict[str, _Running] = {}
-        self._checkpoints: dict[str, dict[str, Any]] = {}
         self._trainable: SimulatedTrainable | None = None
         self._tiebreak = 0
 
@@ -190,7 +220,7 @@ class SimulatedBackend(Backend):
     def submit(self, segment: Segment) -> None:
         trainable = self._curves()
         if segment.checkpoint is not None:
-            state = dict(self._checkpoints[segment.checkpoint])
+            state = checkpoint_state(segment.checkpoint)
         else:
             state = trainable.init(segment.config)
         self._running[segment.trial_id] = _Running(segment, state, segment.start_iteration, self.now)
@@ -204,7 +234,7 @@ class SimulatedBackend(Backend):
     def _schedule(self, trial_id: str, config: dict[str, Any], delay: float | None = None) -> None:
         run = self._running[trial_id]
         if delay is None:
-            _, _, delay = self._curves().step(dict(run.state), config, run.iteration + 1)
+            delay = self._curves().cost(run.state, config, run.iteration + 1)
         self._tiebreak += 1
         run.gen += 1
         heapq.heappush(self._heap, (self.now + delay, self._tiebreak, trial_id, run.gen))
@@ -243,8 +273,7 @@ class SimulatedBackend(Backend):
             return out + [self._end(run, "stopped")]
         run.state, metrics, _ = trainable.step(run.state, seg.config, run.iteration + 1)
         run.iteration += 1
-        url = f"sim://{trial_id}/{run.iteration}"
-        self._checkpoints[url] = dict(run.state)
+        url = checkpoint_url(trial_id, run.iteration, run.state)
         result = {**metrics, ITERATION: run.iteration, "time_total_s": self.now - run.started_at
                   + seg.time_offset_s, "checkpoint": url}
         t = result.get(seg.time_attr, 0)
@@ -260,7 +289,8 @@ class SimulatedBackend(Backend):
     def _end(self, run: _Running, status: str) -> Done:
         seg = run.segment
         del self._running[seg.trial_id]
-        url = f"sim://{seg.trial_id}/{run.iteration}" if run.iteration else seg.checkpoint
+        url = checkpoint_url(seg.trial_id, run.iteration, run.state) if run.iteration \
+            else seg.checkpoint
         summary = SegmentSummary(status=status, trial_id=seg.trial_id,
                                  segment_id=seg.segment_id, last_iteration=run.iteration,
                                  checkpoint=url, checkpoint_iteration=run.iteration,
@@ -288,8 +318,7 @@ class SimulatedBackend(Backend):
                                 "iteration": r.iteration, "started_at": r.started_at,
                                 "stop_requested": r.stop_requested, "stop_now": r.stop_now,
                                 "gen": r.gen}
-                            for k, r in self._running.items()},
-                "checkpoints": self._checkpoints}
+                            for k, r in self._running.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.now, self._tiebreak = state["now"], state["tiebreak"]
@@ -300,7 +329,6 @@ class SimulatedBackend(Backend):
                                      r["started_at"], r["stop_requested"],
                                      bool(r.get("stop_now")), int(r.get("gen", 0)))
                          for k, r in state["running"].items()}
-        self._checkpoints = dict(state["checkpoints"])
 
     def running_trials(self) -> set[str]:
         return set(self._running)
