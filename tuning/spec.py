@@ -280,7 +280,7 @@ def _refuse_custom(d: Mapping[str, Any], kind: str) -> None:
 
 _BACKEND_FIELDS: dict[str, set[str]] = {
     "dask": {"address", "cluster_class", "cluster_kwargs", "adapt", "n_workers",
-             "connect_timeout_s"},
+             "connect_timeout_s", "direct"},
     "ray": {"address", "cluster_config", "num_cpus", "num_gpus", "init_kwargs",
             "connect_timeout_s", "runtime_env"},
     "simulated": {"n_workers", "time_scale"},

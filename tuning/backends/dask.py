@@ -34,6 +34,7 @@ from tuning.backends._base import (
     Started,
     message_from_dict,
 )
+from tuning.backends._dask_direct import DirectLink, DirectListener
 from tuning.trainable import Segment, SegmentSummary, run_segment
 
 __all__ = ["DaskBackend", "import_object"]
@@ -64,6 +65,8 @@ class _Mailbox:
         self.stops: set[tuple[str, str]] = set()  # (topic, trial id): stop at the next report
         self.answers: dict[tuple[str, str], tuple[int, bool]] = {}  # -> (iteration, stop)
         self.trainables: dict[str, Any] = {}  # topic -> the run's trainable
+        self.direct: dict[str, tuple[str, str]] = {}  # topic -> driver's (address, token)
+        self.links: dict[str, DirectLink] = {}  # topic -> this process's line to the driver
 
     def post(self, topic: str, trial_id: str, iteration: int | None, stop: bool) -> None:
         with self.cond:
@@ -106,18 +109,25 @@ class _TrainablePlugin(WorkerPlugin):
     """Ships the run's trainable to every worker once, including workers that join later or
     restart (the scheduler hands plugins to each worker as it registers)."""
 
-    def __init__(self, topic: str, payload: bytes) -> None:
+    def __init__(self, topic: str, payload: bytes, direct: tuple[str, str] | None = None) -> None:
         self.topic = topic
         self.payload = payload
+        self.direct = direct
         self.name = f"rungflow-trainable-{topic}"
 
     def setup(self, worker: Any) -> None:
         import cloudpickle
 
         _MAILBOX.trainables[self.topic] = cloudpickle.loads(self.payload)
+        if self.direct is not None:
+            _MAILBOX.direct[self.topic] = tuple(self.direct)  # type: ignore[assignment]
 
     def teardown(self, worker: Any) -> None:
         _MAILBOX.trainables.pop(self.topic, None)
+        _MAILBOX.direct.pop(self.topic, None)
+        link = _MAILBOX.links.pop(self.topic, None)
+        if link is not None and link.line is not None:
+            link.line.abort()
 
 
 class _WorkerWatch(SchedulerPlugin):
@@ -160,6 +170,7 @@ class _DaskChannel:
         self.topic = topic
         self.trial_id = trial_id
         _MAILBOX.begin(topic, trial_id)
+        self.link = _link(self.worker, topic)
 
     def started(self, segment: Segment) -> dict[str, Any] | None:
         """Announce the start; the newest checkpoint the driver saw, for a segment the cluster
@@ -174,13 +185,33 @@ class _DaskChannel:
                     default=None)
 
     def send(self, message: dict[str, Any]) -> None:
-        self.worker.log_event(self.topic, message)
+        if self.link is None or not self.link.send(message):
+            self.worker.log_event(self.topic, message)
 
     def should_stop(self) -> bool:
         return (self.topic, self.trial_id) in _MAILBOX.stops
 
     def wait_decision(self, iteration: int, timeout: float) -> bool | None:
         return _MAILBOX.wait(self.topic, self.trial_id, iteration, timeout)
+
+
+def _link(worker: Any, topic: str) -> DirectLink | None:
+    """This worker process's line to the run's driver: opened by its first trial, kept for
+    the next ones; None where the driver offers none or cannot be reached (the scheduler path
+    then carries everything)."""
+    link = _MAILBOX.links.get(topic)
+    if link is None and topic in _MAILBOX.direct:
+        from distributed.utils import sync
+
+        address, token = _MAILBOX.direct[topic]
+        link = _MAILBOX.links[topic] = DirectLink(
+            worker, address, token,
+            lambda m: _MAILBOX.post(topic, m["trial_id"], m.get("iteration"), bool(m["stop"])))
+        sync(worker.loop, link.open)
+        if link.failed:
+            log.warning("no direct line to the driver at %s (%s): results go through the "
+                        "scheduler", address, link.failed)
+    return link if link is not None and link.usable else None
 
 
 def _run_on_worker(segment: dict[str, Any], topic: str) -> SegmentSummary:
@@ -202,7 +233,8 @@ class DaskBackend(Backend):
     def __init__(self, address: str | None = None, cluster_class: str | Callable[..., Any] | None = None,
                  cluster_kwargs: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None,
                  n_workers: int | None = None, max_concurrent: int | None = None,
-                 resources: dict[str, float] | None = None, connect_timeout_s: float = 10.0) -> None:
+                 resources: dict[str, float] | None = None, connect_timeout_s: float = 10.0,
+                 direct: bool = True) -> None:
         if address is not None and cluster_class is not None:
             raise ValueError("backend: give either address or cluster_class, not both")
         self.address = address
@@ -213,6 +245,12 @@ class DaskBackend(Backend):
         self.max_concurrent = max_concurrent
         self.resources = dict(resources or {})
         self.connect_timeout_s = connect_timeout_s
+        self.direct = direct  # results and answers over a direct line where workers reach us
+        self._listener: DirectListener | None = None
+        self._lock = threading.Lock()  # the held Dones: client loop thread vs done callbacks
+        self._direct_last: dict[tuple[str, int], int] = {}  # iterations seen over the line
+        self._held: dict[tuple[str, int], Done] = {}  # Dones waiting for their results
+        self._held_since: dict[tuple[str, int], float] = {}
         self.cluster: Any = None
         self.client: Any = None
         self.topic = f"rungflow-{uuid.uuid4().hex[:12]}"
@@ -267,9 +305,26 @@ class DaskBackend(Backend):
                                f"within {self.connect_timeout_s:g}s ({exc})") from None
         self.client.subscribe_topic(self.topic, self._on_event)
         self._subscribed_now()
+        self._listen()
         self._set_workers(self._workers_info())
         self._watch_workers()
         self._check_resources()
+
+    def _listen(self) -> None:
+        """Offer the workers a direct line (``direct``, the default): results and answers
+        then skip the scheduler. A failure here only costs latency."""
+        if not self.direct:
+            return
+        listener = DirectListener(self._on_direct, self._direct_closed)
+        try:
+            addr = self.client.sync(listener.start, self.client.scheduler.address,
+                                    self.client.security.get_listen_args("client"))
+        except Exception as exc:  # noqa: BLE001 - the scheduler path still works
+            log.warning("no direct line for the workers (%s): results go through the "
+                        "scheduler", exc)
+            return
+        if addr is not None:
+            self._listener = listener
 
     def _subscribed_now(self) -> None:
         """``subscribe_topic`` travels on the client's batched stream and may reach the
@@ -335,6 +390,12 @@ class DaskBackend(Backend):
     def close(self) -> None:
         client, cluster = self.client, self.cluster
         self.client = self.cluster = None
+        if client is not None and self._listener is not None:
+            try:
+                client.sync(self._listener.close)
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                log.debug("closing the direct listener: %s", exc)
+            self._listener = None
         if client is not None:
             try:
                 client.unsubscribe_topic(self.topic)
@@ -405,7 +466,9 @@ class DaskBackend(Backend):
         import cloudpickle
 
         payload = cloudpickle.dumps(trainable)
-        self.client.register_plugin(_TrainablePlugin(self.topic, payload),
+        direct = None if self._listener is None else (self._listener.address,
+                                                      self._listener.token)
+        self.client.register_plugin(_TrainablePlugin(self.topic, payload, direct),
                                     name=f"rungflow-trainable-{self.topic}")
 
     def submit(self, segment: Segment) -> None:
@@ -428,6 +491,10 @@ class DaskBackend(Backend):
         if raw.get("type") in _WORKER_EVENTS:
             self._on_workers(raw)
             return
+        self._on_message(raw)
+
+    def _on_message(self, raw: dict[str, Any]) -> None:
+        """A worker's message, by either path (on the client's event loop thread)."""
         msg = message_from_dict(raw)
         if isinstance(msg, Started):  # where the trial runs now (also after a restart)
             self._workers[msg.trial_id] = msg.worker or ""
@@ -435,6 +502,30 @@ class DaskBackend(Backend):
                 self._post(msg.trial_id, None, True)
         if msg is not None:
             self._messages.put(msg)
+
+    def _on_direct(self, worker: str, raw: dict[str, Any]) -> None:
+        """A message over a worker's direct line: handled as one through the scheduler, and a
+        segment's Done that overtook its last results (the future's end travels through the
+        scheduler) is let through once they are in."""
+        self._on_message(raw)
+        if raw.get("type") != "result":
+            return
+        key = (raw["trial_id"], int(raw["segment_id"]))
+        with self._lock:
+            self._direct_last[key] = int(raw["result"].get("training_iteration", 0))
+            held = self._held.get(key)
+            if held is not None and self._direct_last[key] >= held.summary.last_iteration:
+                self._messages.put(self._held.pop(key))
+                self._held_since.pop(key, None)
+                del self._direct_last[key]
+
+    def _direct_closed(self, worker: str) -> None:
+        """A worker's line closed (the worker died, say): what it still held back is let
+        through, and answers to its trials go through the scheduler."""
+        with self._lock:
+            for key in [k for k in self._held if self._workers.get(k[0]) == worker]:
+                self._messages.put(self._held.pop(key))
+                self._held_since.pop(key, None)
 
     def _on_workers(self, raw: dict[str, Any]) -> None:
         """The scheduler plugin's news (on the client's event loop thread)."""
@@ -459,9 +550,32 @@ class DaskBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - the worker died or the task was refused
             self._messages.put(Lost(tid, sid, f"{type(exc).__name__}: {exc}"))
             return
-        self._messages.put(Done(tid, sid, summary))
+        done = Done(tid, sid, summary)
+        key = (tid, sid)
+        with self._lock:
+            seen = self._direct_last.pop(key, summary.start_iteration)
+            on_line = self._listener is not None and \
+                self._listener.has_line(self._workers.get(tid))
+            if on_line and seen < summary.last_iteration:  # its last results are on the line
+                self._held[key] = done
+                self._held_since[key] = time.monotonic()
+                self._direct_last[key] = seen
+                return
+        self._messages.put(done)
+
+    def _release_stale(self) -> None:
+        """A Done held back for results that never come (a line that broke without closing)
+        is let through after :data:`_HOLD_S`: the controller then sees the results it got."""
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, t in self._held_since.items() if now - t > _HOLD_S]:
+                self._held_since.pop(key)
+                if key in self._held:
+                    self._messages.put(self._held.pop(key))
 
     def poll(self, timeout: float) -> list[Message]:
+        if self._held_since:
+            self._release_stale()
         out: list[Message] = []
         try:
             out.append(self._messages.get(timeout=timeout) if timeout > 0
@@ -485,14 +599,19 @@ class DaskBackend(Backend):
             self._post(trial_id, None, True)
 
     def _post(self, trial_id: str, iteration: int | None, stop: bool) -> None:
-        """Run :func:`_post` on the trial's worker without waiting: the client's event loop
-        sends it (scheduler, then worker), the caller goes on at once."""
+        """Hand the answer to the trial's worker without waiting: over its direct line when
+        it has one, else :func:`_post` run on it through the scheduler; the client's event
+        loop sends it, the caller goes on at once."""
         worker = self._workers.get(trial_id)
         client = self.client
         if client is None or not worker:
             return
+        listener = self._listener
+        message = {"trial_id": trial_id, "iteration": iteration, "stop": stop}
 
         async def send() -> None:
+            if listener is not None and listener.answer(worker, message):
+                return
             try:
                 await client._run(_post, self.topic, trial_id, iteration, stop, workers=[worker],
                                   wait=False, on_error="ignore")
@@ -533,6 +652,8 @@ class DaskBackend(Backend):
         self._segment_ids.pop(trial_id, None)
 
 
+#: how long a segment's Done may wait for its last results on a direct line
+_HOLD_S = 5.0
 _WORKER_EVENTS = frozenset({"workers", "worker_added", "worker_removed"})
 
 
