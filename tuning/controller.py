@@ -300,7 +300,7 @@ class Controller:
         seg = Segment(trial_id=trial.trial_id, segment_id=self.segment_count, config=config,
                       storage=self.storage, start_iteration=start_iteration if checkpoint else 0,
                       checkpoint=checkpoint, pause_at=self.scheduler.pause_at(trial),
-                      max_t=getattr(self.scheduler, "max_t", None),
+                      max_t=self.scheduler.max_t,
                       time_attr=self.scheduler.time_attr, time_offset_s=offset,
                       resources=dict(self.resources), timeout_s=self.trial_timeout_s,
                       decide_at=list(points.at), decide_from=points.every_from)
@@ -489,7 +489,7 @@ class Controller:
         if decision == Decision.CONTINUE:
             return
         t = float(result.get(self.scheduler.time_attr, result[ITERATION]))
-        max_t = getattr(self.scheduler, "max_t", None)
+        max_t = self.scheduler.max_t
         if decision == Decision.PAUSE:
             if self.scheduler.needs_checkpoints and trial.checkpoint is None:
                 fl.end_as(Status.ERROR, _needs_checkpoint_message(self.scheduler))

@@ -64,7 +64,7 @@ def open_experiment(spec: ExperimentSpec, components: Components | None = None,
         if changed:
             raise ResumeRefused("cannot resume with a different spec; changed: "
                                 + "; ".join(changed))
-    backend = make_backend(spec.backend, _dask_resources(spec.resources), spec.max_concurrent)
+    backend = make_backend(spec.backend, spec.resources)
     backend.preflight()  # an unreachable cluster is refused before anything is written
     if state is not None:
         journal.repair_tail()
@@ -87,6 +87,3 @@ def open_experiment(spec: ExperimentSpec, components: Components | None = None,
         max_concurrent=spec.max_concurrent, replayed=state)
     return ctl
 
-
-def _dask_resources(resources: Mapping[str, float]) -> dict[str, float]:
-    return {k.upper(): v for k, v in resources.items()}

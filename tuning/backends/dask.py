@@ -232,8 +232,7 @@ class DaskBackend(Backend):
 
     def __init__(self, address: str | None = None, cluster_class: str | Callable[..., Any] | None = None,
                  cluster_kwargs: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None,
-                 n_workers: int | None = None, max_concurrent: int | None = None,
-                 resources: dict[str, float] | None = None, connect_timeout_s: float = 10.0,
+                 n_workers: int | None = None, resources: dict[str, float] | None = None, connect_timeout_s: float = 10.0,
                  direct: bool = True) -> None:
         if address is not None and cluster_class is not None:
             raise ValueError("backend: give either address or cluster_class, not both")
@@ -242,8 +241,7 @@ class DaskBackend(Backend):
         self.cluster_kwargs = dict(cluster_kwargs or {})
         self.adapt = adapt
         self.n_workers = n_workers
-        self.max_concurrent = max_concurrent
-        self.resources = dict(resources or {})
+        self.resources = {k.lower(): float(v) for k, v in (resources or {}).items()}
         self.connect_timeout_s = connect_timeout_s
         self.direct = direct  # results and answers over a direct line where workers reach us
         self._listener: DirectListener | None = None
@@ -364,12 +362,15 @@ class DaskBackend(Backend):
         workers = list(self._workers_seen.values())
         if not workers:
             return
-        for key, need in _dask_resources(self.resources).items():
+        for name, need in self.resources.items():
+            if not need:
+                continue
+            key = _dask_name(name)
             have = max(w.get("resources", {}).get(key, 0.0) for w in workers)
             if need > have:
                 self.close()
                 raise BackendError(
-                    f"resources.{key.lower()}={need:g}: no worker of this cluster declares that "
+                    f"resources.{name}={need:g}: no worker of this cluster declares that "
                     f"much {key} (the most any worker has: {have:g}); start workers with "
                     f"`--resources {key}=<n>` or ask for less")
 
@@ -427,8 +428,6 @@ class DaskBackend(Backend):
         scheduler plugin reported: workers that join or leave (``adapt``) count as soon as
         the scheduler sees them, and no call here costs a round trip. Without the plugin,
         counted from the scheduler at most once a second."""
-        if self.max_concurrent:
-            return self.max_concurrent
         if not self._watched and self.client is not None and \
                 time.monotonic() - self._slots_t > 1.0:
             self._set_workers(self._workers_info())
@@ -442,7 +441,7 @@ class DaskBackend(Backend):
     def _count_slots(self) -> int:
         workers = list(self._workers_seen.values())
         total = sum(w["nthreads"] for w in workers)
-        need = self.resources.get("CPU") or self.resources.get("cpu")
+        need = self.resources.get("cpu")
         if need:
             cpus = sum(w["resources"].get("CPU", w["nthreads"]) for w in workers)
             total = min(total, int(cpus // need)) if cpus else total
@@ -686,7 +685,14 @@ def _cuda_device_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def _dask_name(name: str) -> str:
+    """The Dask worker resource of a spec resource name: ``cpu`` -> ``CPU``, ``gpu`` ->
+    ``GPU``, ``custom:<name>`` -> ``<name>`` (what ``dask worker --resources`` declares)."""
+    return name.split(":", 1)[1] if name.startswith("custom:") else name.upper()
+
+
 def _dask_resources(resources: dict[str, float]) -> dict[str, float] | None:
+    """A trial's resources (spec names) as a Dask task's ``resources=``."""
     if not resources:
         return None
-    return {k.upper(): float(v) for k, v in resources.items() if v}
+    return {_dask_name(k.lower()): float(v) for k, v in resources.items() if v}

@@ -238,8 +238,7 @@ class RayBackend(Backend):
                  num_cpus: int | None = None, num_gpus: int | None = None,
                  init_kwargs: dict[str, Any] | None = None, connect_timeout_s: float = 10.0,
                  runtime_env: dict[str, Any] | None = None,
-                 resources: dict[str, float] | None = None,
-                 max_concurrent: int | None = None) -> None:
+                 resources: dict[str, float] | None = None) -> None:
         if address is not None and cluster_config is not None:
             raise ValueError("backend: give either address or cluster_config, not both")
         if connect_timeout_s <= 0:
@@ -255,7 +254,6 @@ class RayBackend(Backend):
         self.connect_timeout_s = float(connect_timeout_s)
         self.runtime_env = runtime_env
         self.resources = {k.lower(): float(v) for k, v in (resources or {}).items()}
-        self.max_concurrent = max_concurrent
         self.run_id = f"rungflow-{uuid.uuid4().hex[:12]}"
         self._hub: Any = None
         self._remote: Any = None
@@ -397,8 +395,6 @@ class RayBackend(Backend):
     # -- capacity --------------------------------------------------------------------------
     @property
     def slots(self) -> int:
-        if self.max_concurrent:
-            return int(self.max_concurrent)
         now = time.monotonic()
         if self._slots is None or now - self._slots[0] > 5.0:
             self._slots = (now, self._count_slots())

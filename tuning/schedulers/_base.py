@@ -111,6 +111,9 @@ class Scheduler(RecordsArgs):
     ``trials_to_stop`` after each batch of those hooks (before choosing again).
     """
 
+    #: the most resource (``time_attr``) a trial gets: a segment ends there and a trial that
+    #: reaches it is TERMINATED; None when the scheduler sets no limit (FIFO)
+    max_t: float | None = None
     #: whether pausing/resuming needs the trainable to report checkpoints
     needs_checkpoints: bool = False
     #: whether the scheduler pauses trials (HyperBand, PBT, ASHA's promote variant) rather than
