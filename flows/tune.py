@@ -59,7 +59,7 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
         ctl, tracker = open_experiment_task(s, comp, resume, parent_params or _parent_params(s))
         stack.callback(tracker.close, wait=False)  # last: after the journal's final events
         stack.callback(ctl.journal.close)
-        stack.callback(ctl.backend.close)
+        stack.callback(ctl.backend.shutdown)
         provision_cluster(ctl)
         ctl.on_tick = lambda: live.notify(ctl)
         progress = Progress()
@@ -68,7 +68,7 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
             evaluate_rungs(ctl)
             progress.update(ctl)
         live.notify(ctl, force=True)
-        ctl.backend.close()  # the cluster goes before the summary: nothing runs on it now
+        ctl.backend.shutdown()  # the cluster goes before the summary: nothing runs on it now
         summary = summarize(ctl, tracker, s.tensorboard)
     if comp is not None:  # in-process (Tuner.run): the result from memory, no journal re-read
         comp.extra["final_state"] = ctl.final_state()

@@ -24,10 +24,16 @@ def open_experiment_task(spec: ExperimentSpec, components: Components | None,
     uri = spec.effective_tracking_uri()
     check_tracking_uri(uri)
     ctl = open_experiment(spec, components, resume=resume)
-    tracker = MlflowTracker(uri, ctl.name, spec.run_name or spec.name, ctl.metric, ctl.mode,
-                            params, spec.tags)
-    catch_up = replay_events(ctl.journal) if ctl.replayed is not None else []
-    tracker.open_async(None, catch_up, {tid: dict(t.config) for tid, t in ctl.trials.items()})
+    ctl.backend.begin_start()  # everything is checked: the cluster comes up meanwhile
+    try:
+        tracker = MlflowTracker(uri, ctl.name, spec.run_name or spec.name, ctl.metric,
+                                ctl.mode, params, spec.tags)
+        catch_up = replay_events(ctl.journal) if ctl.replayed is not None else []
+        tracker.open_async(None, catch_up,
+                           {tid: dict(t.config) for tid, t in ctl.trials.items()})
+    except BaseException:
+        ctl.backend.shutdown()
+        raise
     ctl.journal.on_durable = tracker.apply_async
     ctl.journal.append("tracking", tracking_uri=uri, run_name=spec.run_name or spec.name)
     return ctl, tracker

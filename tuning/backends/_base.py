@@ -14,6 +14,7 @@ order they happened:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class Backend:
     name = "base"
     #: a virtual clock (the simulated backend): time is the backend's, not the wall's
     virtual_clock: bool = False
+    _starting: tuple[threading.Thread, dict[str, BaseException]] | None = None
 
     def preflight(self) -> None:
         """What can be checked before anything starts or is written (an existing cluster's
@@ -86,6 +88,40 @@ class Backend:
 
     def start(self) -> None:
         """Provision or connect; raise :class:`BackendError` with a clear message on failure."""
+
+    def begin_start(self) -> None:
+        """Start provisioning in the background (cluster processes spawn while the caller
+        goes on with other set-up); :meth:`finish_start` waits for it."""
+        if self._starting is not None:
+            return
+        box: dict[str, BaseException] = {}
+
+        def run() -> None:
+            try:
+                self.start()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by finish_start
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"rungflow-{self.name}-start", daemon=True)
+        self._starting = (thread, box)
+        thread.start()
+
+    def finish_start(self) -> None:
+        """Wait for :meth:`begin_start` (or start now when it was not called); re-raise its
+        error."""
+        if self._starting is None:
+            self.start()
+            return
+        thread, box = self._starting
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+
+    def shutdown(self) -> None:
+        """:meth:`close`, once a background start has got as far as it will."""
+        if self._starting is not None:
+            self._starting[0].join()
+        self.close()
 
     def prepare(self, trainable: Callable[..., Any]) -> None:
         """Called once, before the first submit, with the trainable: ship it to the workers."""

@@ -1,0 +1,220 @@
+"""A real workload against Optuna in one process: a small ConvNet on scikit-learn's digits.
+
+4 hyperparameters (lr, momentum, channels, batch size), 60 trials, up to 20 epochs, successive
+halving with reduction factor 3 from 1 epoch, random search, 2 workers, per seed:
+
+* Optuna: ``RandomSampler`` + ``SuccessiveHalvingPruner``, ``n_jobs=2`` threads, in-memory
+  storage, in this process (the baseline, measured in the same run);
+* rungflow: ``Tuner`` with ASHA (stop variant) on a Dask LocalCluster of 2 workers, a running
+  ``prefect server``, a SQLite MLflow store: the whole stack a user runs.
+
+Printed per seed: wall seconds of each and their ratio, epochs trained, median seconds per epoch
+inside the trials, the best validation accuracy and the held-out test accuracy of the config each
+picked (retrained with a fixed seed), and for rungflow the CPU-seconds of the control plane
+(driver + MLflow writer processes) as a share of the CPU-seconds of the whole process tree.
+Last line: ``wall_ratio X`` (median over seeds; goal <= 1.5) and ``control_plane_cpu_share Y``
+(goal <= 0.15).
+
+    .venv/bin/python benchmarks/digits_vs_optuna.py [--seeds 0 1 2] [--trials 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from functools import lru_cache
+from typing import Any
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAX_T = 20
+RF = 3
+
+
+@lru_cache(maxsize=1)
+def data() -> tuple[Any, ...]:
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    xa, xte, ya, yte = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    xtr, xva, ytr, yva = train_test_split(xa, ya, test_size=0.25, random_state=0, stratify=ya)
+    return tuple(map(torch.tensor, (xtr, ytr, xva, yva, xte, yte)))
+
+
+def _model(channels: int) -> Any:
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(channels * 16, 10))
+
+
+def epochs(config: dict[str, Any], n: int, each: Any, seed: int = 0, test: bool = False) -> float:
+    """Train ``n`` epochs; ``each(epoch, accuracy, seconds)`` after every one."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    xtr, ytr, xva, yva, xte, yte = data()
+    m = _model(int(config["channels"]))
+    opt = torch.optim.SGD(m.parameters(), lr=config["lr"], momentum=config["momentum"])
+    bs = int(config["batch_size"])
+    acc = 0.0
+    for ep in range(1, n + 1):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(xtr))
+        for i in range(0, len(xtr), bs):
+            idx = perm[i:i + bs]
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(xtr[idx]), ytr[idx]).backward()
+            opt.step()
+        with torch.no_grad():
+            x, y = (xte, yte) if test else (xva, yva)
+            out = m(x)
+            acc = float((out.argmax(1) == y).float().mean()) if torch.isfinite(out).all() else 0.0
+        if each is not None and each(ep, acc, time.perf_counter() - t0):
+            break
+    return acc
+
+
+def test_accuracy(config: dict[str, Any]) -> float:
+    return epochs(config, MAX_T, None, seed=123, test=True)
+
+
+def _log_epoch(log_dir: str, seconds: float) -> None:
+    with open(os.path.join(log_dir, f"ep-{os.getpid()}.txt"), "a") as f:
+        f.write(f"{seconds}\n")
+
+
+def rungflow_trainable(config: dict[str, Any]) -> None:
+    from tuning import report
+
+    log_dir = config["log_dir"]
+
+    def each(ep: int, acc: float, seconds: float) -> bool:
+        _log_epoch(log_dir, seconds)
+        report(mean_accuracy=acc)
+        return False
+
+    epochs(config, MAX_T, each)
+
+
+def run_optuna(seed: int, n_trials: int, log_dir: str) -> dict[str, Any]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data()  # the data set loads once, as it would in any in-process study
+    trained = [0]
+
+    def objective(trial: optuna.Trial) -> float:
+        config = {"lr": trial.suggest_float("lr", 1e-4, 1.0, log=True),
+                  "momentum": trial.suggest_float("momentum", 0.0, 0.99),
+                  "channels": trial.suggest_categorical("channels", [4, 8, 16, 32]),
+                  "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64, 128])}
+
+        def each(ep: int, acc: float, seconds: float) -> bool:
+            trained[0] += 1
+            _log_epoch(log_dir, seconds)
+            trial.report(acc, ep)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+            return False
+
+        return epochs(config, MAX_T, each)
+
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=seed),
+                                pruner=optuna.pruners.SuccessiveHalvingPruner(
+                                    min_resource=1, reduction_factor=RF))
+    t0 = time.time()
+    study.optimize(objective, n_trials=n_trials, n_jobs=2)
+    wall = time.time() - t0
+    best = study.best_trial
+    return {"wall": wall, "epochs": trained[0], "best_val": best.value,
+            "best_config": dict(best.params)}
+
+
+def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str) -> dict[str, Any]:
+    sys.path.insert(0, HERE)
+    from decisions import CpuSampler
+
+    from tuning import ASHA, Tuner, choice, loguniform, uniform
+
+    tuner = Tuner(rungflow_trainable, space={
+        "lr": loguniform(1e-4, 1.0), "momentum": uniform(0.0, 0.99),
+        "channels": choice([4, 8, 16, 32]), "batch_size": choice([16, 32, 64, 128]),
+        "log_dir": log_dir},
+        metric="mean_accuracy", mode="max", num_samples=n_trials,
+        scheduler=ASHA(max_t=MAX_T, grace_period=1, reduction_factor=RF),
+        backend={"type": "dask", "n_workers": 2}, storage_path=os.path.join(root, "runs"),
+        tracking_uri=f"sqlite:///{root}/mlflow-{seed}.db", seed=seed, name=f"digits-{seed}")
+    with CpuSampler() as cpu:
+        t0 = time.time()
+        res = tuner.run()
+        wall = time.time() - t0
+    roles = cpu.by_role()
+    best = res.best_trial
+    assert best is not None
+    config = {k: v for k, v in best.config.items() if k != "log_dir"}
+    return {"wall": wall, "epochs": sum(t.iteration for t in res.trials),
+            "best_val": res.best_metric, "best_config": config,
+            "control_cpu": roles.get("driver", 0.0) + roles.get("mlflow_writer", 0.0),
+            "total_cpu": sum(roles.values())}
+
+
+def _median_epoch(log_dir: str) -> float:
+    xs = [float(x) for f in glob.glob(os.path.join(log_dir, "ep-*.txt"))
+          for x in open(f).read().split()]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=60)
+    args = ap.parse_args()
+    sys.path.insert(0, HERE)
+    from overhead import start_prefect_server
+
+    root = tempfile.mkdtemp(prefix="rungflow-digits-")
+    proc, url = start_prefect_server(root)
+    os.environ["PREFECT_API_URL"] = url
+    ratios, shares = [], []
+    try:
+        for seed in args.seeds:
+            o_log, r_log = (tempfile.mkdtemp(dir=root) for _ in range(2))
+            o = run_optuna(seed, args.trials, o_log)
+            r = run_rungflow(seed, args.trials, root, r_log)
+            ratio, share = r["wall"] / o["wall"], r["control_cpu"] / max(r["total_cpu"], 1e-9)
+            ratios.append(ratio)
+            shares.append(share)
+            print(f"seed {seed}: optuna {o['wall']:.1f} s, {o['epochs']} epochs, "
+                  f"{_median_epoch(o_log) * 1e3:.0f} ms/epoch, best val {o['best_val']:.3f}, "
+                  f"test {test_accuracy(o['best_config']):.3f} | rungflow {r['wall']:.1f} s, "
+                  f"{r['epochs']} epochs, {_median_epoch(r_log) * 1e3:.0f} ms/epoch, best val "
+                  f"{r['best_val']:.3f}, test {test_accuracy(r['best_config']):.3f}, control "
+                  f"plane {r['control_cpu']:.1f} of {r['total_cpu']:.1f} CPU-s | ratio "
+                  f"{ratio:.2f}", flush=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    print(f"control_plane_cpu_share {statistics.median(shares):.3f}  (goal <= 0.15)")
+    print(f"wall_ratio {statistics.median(ratios):.2f}  (goal <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
