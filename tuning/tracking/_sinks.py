@@ -136,12 +136,14 @@ class SqliteBulkSink:
         self.params, self.metrics = SqlParam.__table__, SqlMetric.__table__
         self.latest = SqlLatestMetric.__table__
         _check_columns(self)
+        self._sql = _statements(self)
         self.engine = sqlalchemy.create_engine(uri, connect_args={"timeout": 60},
                                                poolclass=sqlalchemy.pool.NullPool)
         self._artifact_roots: dict[str, str] = {}
 
     def write(self, experiment_id: str, writes: list[TrialWrite]) -> None:
         new = [w for w in writes if w.run_id is None]
+        ended = [w for w in writes if w.run_id is not None and w.end is not None]
         for w in new:
             w.run_id, w.created = uuid.uuid4().hex, True
         try:
@@ -150,7 +152,7 @@ class SqliteBulkSink:
                 self._upsert_tags(conn, writes)
                 self._insert_params(conn, writes)
                 self._insert_metrics(conn, writes)
-                self._end_runs(conn, [w for w in writes if w.end is not None and w not in new])
+                self._end_runs(conn, ended)
         except Exception as exc:
             for w in new:
                 w.run_id, w.created = None, False
@@ -172,72 +174,44 @@ class SqliteBulkSink:
         if not new:
             return
         root, now = self._artifact_root(experiment_id), get_current_time_millis()
-        rows = [{"run_uuid": w.run_id, "name": w.run_name, "source_type": "UNKNOWN",
-                 "source_name": "", "entry_point_name": "", "user_id": "unknown",
-                 "status": w.end[0] if w.end else "RUNNING", "start_time": w.start_ms or now,
-                 "end_time": w.end[1] if w.end else None, "deleted_time": None,
-                 "source_version": "", "lifecycle_stage": "active",
-                 "artifact_uri": append_to_uri_path(root, w.run_id, "artifacts"),
-                 "experiment_id": int(experiment_id)} for w in new]
-        conn.execute(self.runs.insert(), rows)
-        conn.execute(self.tags.insert(), [{"key": "mlflow.runName", "value": w.run_name,
-                                           "run_uuid": w.run_id} for w in new])
+        rows = [(w.run_id, w.run_name, "UNKNOWN", "", "", "unknown",
+                 w.end[0] if w.end else "RUNNING", w.start_ms or now,
+                 w.end[1] if w.end else None, None, "", "active",
+                 append_to_uri_path(root, w.run_id, "artifacts"), int(experiment_id))
+                for w in new]
+        conn.exec_driver_sql(self._sql["runs"], rows)
+        conn.exec_driver_sql(self._sql["tags"], [("mlflow.runName", w.run_name, w.run_id)
+                                                 for w in new])
 
     def _upsert_tags(self, conn: Any, writes: Iterable[TrialWrite]) -> None:
-        from sqlalchemy.dialects.sqlite import insert
-
-        rows = [{"key": k, "value": v, "run_uuid": w.run_id}
-                for w in writes for k, v in w.tags.items() if k != "mlflow.runName"]
+        rows = [(k, v, w.run_id) for w in writes for k, v in w.tags.items()
+                if k != "mlflow.runName"]
         if rows:
-            stmt = insert(self.tags)
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=["key", "run_uuid"], set_={"value": stmt.excluded.value}), rows)
+            conn.exec_driver_sql(self._sql["tags"], rows)
 
     def _insert_params(self, conn: Any, writes: Iterable[TrialWrite]) -> None:
-        from sqlalchemy.dialects.sqlite import insert
-
-        rows = [{"key": k, "value": v, "run_uuid": w.run_id}
-                for w in writes for k, v in w.params.items()]
+        rows = [(k, v, w.run_id) for w in writes for k, v in w.params.items()]
         if rows:
-            conn.execute(insert(self.params).on_conflict_do_nothing(), rows)
+            conn.exec_driver_sql(self._sql["params"], rows)
 
     def _insert_metrics(self, conn: Any, writes: Iterable[TrialWrite]) -> None:
-        from sqlalchemy import tuple_
-        from sqlalchemy.dialects.sqlite import insert
-
-        rows: list[dict[str, Any]] = []
-        latest: dict[tuple[str | None, str], dict[str, Any]] = {}
+        rows: list[tuple[Any, ...]] = []
+        latest: dict[tuple[str | None, str], tuple[Any, ...]] = {}
         for w in writes:
             for m in w.metrics:
-                row = {"key": m.key, "value": float(m.value), "timestamp": int(m.timestamp),
-                       "step": int(m.step), "is_nan": False, "run_uuid": w.run_id}
+                row = (m.key, float(m.value), int(m.timestamp), int(m.step), 0, w.run_id)
                 rows.append(row)
-                k = (w.run_id, m.key)
-                old = latest.get(k)
-                if old is None or (row["step"], row["timestamp"], row["value"]) > \
-                        (old["step"], old["timestamp"], old["value"]):
-                    latest[k] = row
-        if not rows:
-            return
-        conn.execute(insert(self.metrics).on_conflict_do_nothing(), rows)
-        stmt = insert(self.latest)
-        new, t = stmt.excluded, self.latest.c
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=["key", "run_uuid"],
-            set_={"value": new.value, "timestamp": new.timestamp, "step": new.step,
-                  "is_nan": new.is_nan},
-            where=tuple_(new.step, new.timestamp, new.value) > tuple_(t.step, t.timestamp,
-                                                                       t.value)),
-            list(latest.values()))
+                old = latest.get((w.run_id, m.key))
+                if old is None or (row[3], row[2], row[1]) > (old[3], old[2], old[1]):
+                    latest[(w.run_id, m.key)] = row
+        if rows:
+            conn.exec_driver_sql(self._sql["metrics"], rows)
+            conn.exec_driver_sql(self._sql["latest_metrics"], list(latest.values()))
 
     def _end_runs(self, conn: Any, ended: list[TrialWrite]) -> None:
-        from sqlalchemy import bindparam
-
-        if ended:
-            conn.execute(self.runs.update().where(self.runs.c.run_uuid == bindparam("rid"))
-                         .values(status=bindparam("st"), end_time=bindparam("et")),
-                         [{"rid": w.run_id, "st": w.end[0], "et": w.end[1]}
-                          for w in ended if w.end is not None])
+        rows = [(w.end[0], w.end[1], w.run_id) for w in ended if w.end is not None]
+        if rows:
+            conn.exec_driver_sql(self._sql["end"], rows)
 
     def children(self, parent_run_id: str, metric: str) -> dict[str, tuple[str, int]]:
         """Every child run of ``parent_run_id``: trial id -> (run id, last step logged), in
@@ -269,6 +243,41 @@ _WRITTEN = {"runs": {"run_uuid", "name", "source_type", "source_name", "entry_po
             "tags": {"key", "value", "run_uuid"}, "params": {"key", "value", "run_uuid"},
             "metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
             "latest_metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"}}
+
+
+def _statements(sink: SqliteBulkSink) -> dict[str, str]:
+    """The bulk statements (qmark parameters, rows as tuples: one ``executemany`` each, no
+    per-row work in SQLAlchemy). Upserts as MLflow does them: a tag's value replaced, a
+    param or metric row already there kept, a latest metric replaced by a newer
+    (step, timestamp, value)."""
+    def q(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def insert(table: Any, cols: list[str], tail: str = "", verb: str = "INSERT") -> str:
+        names = ", ".join(q(c) for c in cols)
+        marks = ", ".join("?" for _ in cols)
+        return f"{verb} INTO {q(table.name)} ({names}) VALUES ({marks}){tail}"
+
+    lm = q(sink.latest.name)
+    return {
+        "runs": insert(sink.runs, ["run_uuid", "name", "source_type", "source_name",
+                                   "entry_point_name", "user_id", "status", "start_time",
+                                   "end_time", "deleted_time", "source_version",
+                                   "lifecycle_stage", "artifact_uri", "experiment_id"]),
+        "tags": insert(sink.tags, ["key", "value", "run_uuid"],
+                       ' ON CONFLICT ("key", "run_uuid") DO UPDATE SET "value" = excluded."value"'),
+        "params": insert(sink.params, ["key", "value", "run_uuid"], verb="INSERT OR IGNORE"),
+        "metrics": insert(sink.metrics, ["key", "value", "timestamp", "step", "is_nan",
+                                         "run_uuid"], verb="INSERT OR IGNORE"),
+        "latest_metrics": insert(
+            sink.latest, ["key", "value", "timestamp", "step", "is_nan", "run_uuid"],
+            ' ON CONFLICT ("key", "run_uuid") DO UPDATE SET "value" = excluded."value", '
+            '"timestamp" = excluded."timestamp", "step" = excluded."step", '
+            '"is_nan" = excluded."is_nan" WHERE (excluded."step", excluded."timestamp", '
+            f'excluded."value") > ({lm}."step", {lm}."timestamp", {lm}."value")'),
+        "end": f'UPDATE {q(sink.runs.name)} SET "status" = ?, "end_time" = ? '
+               'WHERE "run_uuid" = ?',
+    }
 
 
 def _check_columns(sink: SqliteBulkSink) -> None:

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuning._trial import ITERATION, Status
-from tuning.tracking._feed import CATCH_UP, WANTED, committed_events, events_after, slim
+from tuning.tracking._feed import CATCH_UP, WANTED, JournalReader, committed_events, slim
 from tuning.tracking._sinks import (
     BulkWriteError,
     ClientSink,
@@ -182,6 +182,7 @@ class MlflowTracker:
         self.applied_seq = 0  # the highest journal seq written (the writer's side)
         self.sink: ClientSink | SqliteBulkSink | None = None
         self._created_ms: dict[str, int] = {}  # trials whose run is not created yet
+        self._reader: JournalReader | None = None
         # the driver's side
         self._lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
@@ -451,10 +452,11 @@ class MlflowTracker:
         self.applied_seq = max(self.applied_seq, last)
 
     def _reread(self, directory: str, upto: int) -> None:
-        """Events the driver dropped while the writer was behind, read back from the journal."""
-        from tuning.experiment import Journal
-
-        self._apply_chunks(events_after(Journal(directory), self.applied_seq, upto))
+        """Events the driver dropped while the writer was behind, read back from the journal
+        (forward from where the last re-read stopped)."""
+        if self._reader is None or self._reader.journal.directory != directory.rstrip("/"):
+            self._reader = JournalReader(directory)
+        self._apply_chunks(self._reader.events(self.applied_seq, upto))
         self.applied_seq = max(self.applied_seq, upto)
 
     def _apply_chunks(self, events: Iterable[dict[str, Any]]) -> None:
@@ -650,6 +652,10 @@ class MlflowTracker:
 def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: Any) -> None:
     """The MLflow writer: takes what is queued (up to ``drain_events`` events) and writes it
     as one batch; answers each flush with its state."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # its own process: no "View run" line
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # (nor its get_run)
     tracker = MlflowTracker(*args, **kwargs)
     while True:
         msgs = [inq.get()]
