@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tuning.experiment import Journal
-from tuning.tracking._feed import committed_events, events_after, slim
-from tuning.tracking.mlflow import MlflowTracker
+from tuning.tracking._feed import JournalReader, events_after, slim
+from tuning.tracking.mlflow import MlflowTracker, replay_events
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +291,7 @@ def test_a_stalled_writer_neither_blocks_nor_grows_the_driver(tmp_path, uri):
     assert c.get_run(t.parent_run_id).info.status == "FINISHED"
 
 
-def test_committed_events_are_those_replay_counts(tmp_path):
+def test_catch_up_is_what_replay_counts_and_rereads_go_forward(tmp_path):
     j = Journal(str(tmp_path / "exp"))
     j.append("run_started")
     created(j, "trial-000", {"x": 1})
@@ -302,13 +302,21 @@ def test_committed_events_are_those_replay_counts(tmp_path):
     result(j, "trial-000", 2, 0.3)
     j.append("state")
     result(j, "trial-000", 3, 0.4)  # the new run's, not committed yet
+    j.append("decision", trial_id="trial-000", decision="STOP", iteration=3, rung=None)
     j.flush()
-    events, last = committed_events(j)
-    got = [(e["event"], e.get("result", {}).get("score")) for e in events]
+    got = [(e["event"], e.get("result", {}).get("score")) for e in replay_events(j)]
     assert got == [("trial_created", None), ("segment_started", None), ("result", 0.1),
                    ("result", 0.3)]
-    assert last == 9
-    after = [e["seq"] for e in events_after(j, 5, 9)]
-    assert after == [6, 8]  # results only; run_started and state are not for MLflow
-    assert "note" not in slim({"event": "result", "seq": 1, "result": {"note": "x", "a": 1}})[
-        "result"]
+    assert [e["seq"] for e in events_after(j, 5, 9)] == [6, 8]  # no run_started, no state
+    reader = JournalReader(str(tmp_path / "exp"))
+    assert reader.path is not None
+    assert [e["seq"] for e in reader.events(0, 4)] == [2, 3, 4]
+    assert [e["seq"] for e in reader.events(4, 9)] == [6, 8]
+    first = reader.offset
+    assert [e["seq"] for e in reader.events(9, 99)] == [10]  # decisions are not for MLflow
+    assert reader.offset > first
+    with open(reader.path, "ab") as f:
+        f.write(b'{"seq":12,"t":1,"event":"result","trial_id":"trial-000","res')  # mid-write
+    assert list(reader.events(11, 99)) == []  # stops before a line still being written
+    assert "note" not in slim(
+        {"event": "result", "seq": 1, "result": {"note": "x", "a": 1}})["result"]

@@ -1,4 +1,4 @@
-"""What of the journal the MLflow writer reads: slim events, committed catch-up, re-reads.
+"""What of the journal the MLflow writer reads: slim events, and re-reads of what it missed.
 
 Pure helpers over journal events (dicts as ``tuning.experiment.Journal`` yields them); no
 MLflow here, so they are tested on plain data.
@@ -6,20 +6,18 @@ MLflow here, so they are tested on plain data.
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["CATCH_UP", "WANTED", "JournalReader", "committed_events", "events_after", "slim"]
+__all__ = ["CATCH_UP", "WANTED", "JournalReader", "events_after", "slim"]
 
 #: the events the projection writes from (a live run)
 WANTED = frozenset({"trial_created", "segment_started", "result", "failure", "trial_status",
                     "finished"})
 #: what a resumed run's catch-up replays (the previous attempts' trial events)
 CATCH_UP = frozenset({"trial_created", "segment_started", "result", "failure", "trial_status"})
-_COMMIT = ("state", "finished")
 
 
 def slim(ev: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,41 +29,6 @@ def slim(ev: Mapping[str, Any]) -> dict[str, Any]:
     out["result"] = {k: v for k, v in ev["result"].items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return out
-
-
-def _commit_points(events: Iterable[Mapping[str, Any]]) -> tuple[list[int], list[int], int]:
-    """Per attempt (a ``run_started`` begins one): its first seq and its last commit's seq
-    (-1: none); and the last commit's seq of the whole journal (0: none)."""
-    starts, commits, last = [0], [-1], 0
-    for ev in events:
-        kind = ev["event"]
-        if kind == "run_started":
-            starts.append(ev["seq"])
-            commits.append(-1)
-        elif kind in _COMMIT:
-            commits[-1] = last = ev["seq"]
-    return starts, commits, last
-
-
-def committed_events(journal: Any, kinds: frozenset[str] = CATCH_UP
-                     ) -> tuple[Iterator[dict[str, Any]], int]:
-    """The events of ``kinds`` that a commit (``state`` or ``finished``) covers, as
-    :func:`tuning.experiment.replay` counts them: what an attempt wrote after its last commit
-    is dropped. Two streamed passes over the journal (commit points, then the events), so
-    memory stays bounded whatever its size. Returns the events and the seq of the last
-    commit read (events after it are the new run's, seen live)."""
-    starts, commits, last = _commit_points(journal.iter_events())
-
-    def gen() -> Iterator[dict[str, Any]]:
-        for ev in journal.iter_events():
-            seq = ev["seq"]
-            if seq > last:
-                return
-            i = bisect.bisect_right(starts, seq) - 1
-            if ev["event"] in kinds and seq < commits[i]:
-                yield slim(ev)
-
-    return gen(), last
 
 
 def events_after(journal: Any, after: int, upto: int, kinds: frozenset[str] = WANTED

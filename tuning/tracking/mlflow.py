@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuning._trial import ITERATION, Status
-from tuning.tracking._feed import CATCH_UP, WANTED, JournalReader, committed_events, slim
+from tuning.tracking._feed import CATCH_UP, WANTED, JournalReader, slim
 from tuning.tracking._sinks import (
     BulkWriteError,
     ClientSink,
@@ -39,9 +39,25 @@ from tuning.tracking._sinks import (
     make_sink,
 )
 
-__all__ = ["MlflowTracker", "check_tracking_uri", "replay_events", "run_name", "use_sqlite_wal"]
+__all__ = ["MlflowTracker", "check_tracking_uri", "join_writers", "replay_events", "run_name",
+           "use_sqlite_wal"]
 
 log = logging.getLogger("tuning.tracking")
+
+#: writer processes still drawing plots or writing after their run returned
+_BACKGROUND: list[Any] = []
+
+
+def join_writers(timeout_s: float = 120.0) -> bool:
+    """Wait for the MLflow writers of runs that have returned (they draw the plots after the
+    run, off its critical path); True when every one has ended. The interpreter also waits
+    for them at exit (they are not daemons)."""
+    deadline = time.monotonic() + timeout_s
+    for proc in list(_BACKGROUND):
+        proc.join(max(deadline - time.monotonic(), 0.0))
+        if not proc.is_alive():
+            _BACKGROUND.remove(proc)
+    return not _BACKGROUND
 
 
 def use_sqlite_wal() -> None:
@@ -117,6 +133,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                     from None
 
 
+_COMMITS = frozenset({"state", "finished"})
 #: MLflow's own bound on one search page
 MAX_PAGE = 50_000
 
@@ -400,6 +417,8 @@ class MlflowTracker:
                 self._proc.join(timeout=60)
             elif self._thread is not None:
                 self._thread.join(timeout=60)
+        elif self._proc is not None:
+            _BACKGROUND.append(self._proc)
         self._proc = self._thread = None
         self._inq = None
 
@@ -447,9 +466,9 @@ class MlflowTracker:
         journal; live events up to the last commit read are then skipped as applied."""
         from tuning.experiment import Journal
 
-        events, last = committed_events(Journal(directory), CATCH_UP)
-        self._apply_chunks(events)
-        self.applied_seq = max(self.applied_seq, last)
+        reading = _CatchUp(Journal(directory))
+        self._apply_chunks(reading)
+        self.applied_seq = max(self.applied_seq, reading.last_commit)
 
     def _reread(self, directory: str, upto: int) -> None:
         """Events the driver dropped while the writer was behind, read back from the journal
@@ -639,14 +658,40 @@ class MlflowTracker:
             self._put(("plots", experiment_dir, out_dir), block=True)
 
     def _plots(self, experiment_dir: str, out_dir: str) -> None:
-        from tuning.experiment import Journal, replay
-        from tuning.plots import all_plots
+        from tuning.experiment import Journal, committed_events, replay
+        from tuning.plots import all_plots, histories_from_events
 
         journal = Journal(experiment_dir)
         st = replay(journal.iter_events())
-        decisions = [e for e in journal.iter_events() if e["event"] == "decision"]
-        paths = all_plots(st.trials, self.metric, self.mode, decisions, out_dir)
+        decisions = list(committed_events(journal.iter_events(), ("decision",)))
+        curves = histories_from_events(committed_events(journal.iter_events(), ("result",)),
+                                       self.metric)
+        paths = all_plots(st.trials, self.metric, self.mode, decisions, out_dir, curves)
         self.log_files(paths, "plots")
+
+
+class _CatchUp:
+    """The committed trial events of a journal (:func:`tuning.experiment.committed_events`),
+    slimmed, noting the seq of the last commit read: events after it are the new run's."""
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self.last_commit = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from tuning.experiment import committed_events
+
+        for ev in committed_events(self.journal.iter_events(), CATCH_UP | _COMMITS):
+            if ev["event"] in _COMMITS:
+                self.last_commit = max(self.last_commit, int(ev["seq"]))
+            else:
+                yield slim(ev)
+
+
+def replay_events(journal: Any) -> list[dict[str, Any]]:
+    """A resumed run's catch-up for MLflow, as a list: the trial events the journal committed
+    (the writer streams them itself from a journal it can read; this is for one it cannot)."""
+    return list(_CatchUp(journal))
 
 
 def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: Any) -> None:
@@ -728,10 +773,3 @@ def _check_positive(**values: int) -> None:
 def _param(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return s[:6000]
-
-
-def replay_events(journal: Any) -> list[dict[str, Any]]:
-    """A resumed run's catch-up for MLflow, as a list: the trial events the journal committed
-    (the writer streams them itself from a journal it can read; this is for one it cannot)."""
-    events, _ = committed_events(journal, CATCH_UP)
-    return list(events)
