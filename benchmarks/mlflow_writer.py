@@ -20,14 +20,15 @@ Figures only; nothing is asserted.
     .venv/bin/python benchmarks/mlflow_writer.py                   # N = 1,000 and 10,000
     .venv/bin/python benchmarks/mlflow_writer.py --sizes 500 2000 --mode paced --rate 100
     .venv/bin/python benchmarks/mlflow_writer.py --server          # also through a server
+    .venv/bin/python benchmarks/mlflow_writer.py --resume          # and the resume's lookup
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,35 @@ def measure(n: int, uri: str, mode: str, rate: float, concurrency: int, seed: in
         journal.close()
         children = count_children(uri, tracker.parent_run_id)
     return {"n": n, "open_s": opened_s, "feed_s": t_last - t0, "tail_s": t_done - t_last,
-            "total_s": t_done - t0, "trials_per_s": n / (t_done - t0), "children": children}
+            "total_s": t_done - t0, "trials_per_s": n / (t_done - t0), "children": children,
+            "parent": tracker.parent_run_id, "experiment_id": tracker.experiment_id}
+
+
+def resume_lookup(uri: str, row: dict[str, Any], per_run_history: bool) -> dict[str, float]:
+    """Seconds to find every child run of a finished run and its last step, as a resume
+    does: one SQL query (the bulk sink), the run search a page of 10,000 at a time, and (the
+    former way, when asked) a ``get_metric_history`` per child."""
+    from mlflow.tracking import MlflowClient
+
+    from tuning.tracking._sinks import SqliteBulkSink
+    from tuning.tracking.mlflow import search_children
+
+    client = MlflowClient(uri)
+    t0 = time.perf_counter()
+    sink = SqliteBulkSink(client, uri)
+    found = sink.children(row["parent"], METRIC)
+    sink.close()
+    out = {"sql_s": time.perf_counter() - t0, "found": len(found)}
+    t0 = time.perf_counter()
+    pages = list(search_children(client, row["experiment_id"], row["parent"], METRIC, 10_000))
+    out["search_s"] = time.perf_counter() - t0
+    assert len(pages) == len(found) == row["n"], (len(pages), len(found))
+    if per_run_history:
+        t0 = time.perf_counter()
+        for _, run_id, _ in pages:
+            client.get_metric_history(run_id, METRIC)
+        out["history_s"] = time.perf_counter() - t0
+    return out
 
 
 def follow(tracker: MlflowTracker, journal: Journal) -> None:
@@ -143,12 +172,12 @@ def start_server(folder: str, workers: int) -> tuple[subprocess.Popen[bytes], st
     port = free_port()
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1"}
-    log = open(f"{folder}/server.log", "wb")
-    proc = subprocess.Popen([f"{bin_dir}/mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{folder}/server.db", "--default-artifact-root",
-                             f"{folder}/artifacts", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    with open(f"{folder}/server.log", "wb") as log:  # the child keeps its own handle
+        proc = subprocess.Popen([f"{bin_dir}/mlflow", "server", "--backend-store-uri",
+                                 f"sqlite:///{folder}/server.db", "--default-artifact-root",
+                                 f"{folder}/artifacts", "--host", "127.0.0.1", "--port",
+                                 str(port), "--workers", str(workers)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -159,8 +188,29 @@ def start_server(folder: str, workers: int) -> tuple[subprocess.Popen[bytes], st
             if proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited; see {folder}/server.log") from None
             time.sleep(0.5)
-    proc.kill()
+    stop_server(proc)
     raise RuntimeError("mlflow server did not answer within 180 s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """The server and its workers: the process group it leads (its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def report_resume(rows: list[dict[str, Any]]) -> None:
+    print("\nresume: finding every child run and its last step")
+    print(f"{'children':>9} {'one SQL query s':>16} {'paged search s':>15} "
+          f"{'history per run s':>18}")
+    for r in rows:
+        hist = f"{r['history_s']:>18.2f}" if "history_s" in r else f"{'-':>18}"
+        print(f"{r['found']:>9,} {r['sql_s']:>16.2f} {r['search_s']:>15.2f} {hist}")
 
 
 def report(label: str, rows: list[dict[str, float]]) -> None:
@@ -189,6 +239,8 @@ def main() -> None:
     p.add_argument("--client", action="store_true",
                    help="SQLite through MlflowClient calls, not the bulk transaction")
     p.add_argument("--threads", type=int, help="server: writer threads (default 8)")
+    p.add_argument("--resume", action="store_true",
+                   help="also time finding the children again, as a resume does")
     args = p.parse_args()
     options: dict[str, Any] = {"bulk": False} if args.client else {}
     if args.threads:
@@ -203,14 +255,16 @@ def main() -> None:
         sink = "MlflowClient calls" if args.client else "bulk transactions"
         report(f"SQLite store ({sink}), {args.mode}" + (f" at {args.rate:g} trials/s"
                                                if args.mode == "paced" else ""), rows)
+        if args.resume:
+            report_resume([resume_lookup(f"sqlite:///{d}/store-{r['n']}.db", r, i == 0)
+                           for i, r in enumerate(rows)])
         if args.server:
             proc, url = start_server(d, args.server_workers)
             try:
                 rows = [measure(n, url, args.mode, args.rate, args.concurrency, args.seed,
                                 options) for n in args.sizes]
             finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+                stop_server(proc)
             report(f"mlflow server ({args.server_workers} workers, SQLite behind it), "
                    f"{options.get('threads', 8)} writer threads, {args.mode}", rows)
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
-import uuid
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -137,15 +138,17 @@ class SqliteBulkSink:
         self.latest = SqlLatestMetric.__table__
         _check_columns(self)
         self._sql = _statements(self)
+        # one connection kept open (its page cache warm across batches), a larger cache
         self.engine = sqlalchemy.create_engine(uri, connect_args={"timeout": 60},
-                                               poolclass=sqlalchemy.pool.NullPool)
+                                               pool_size=1, max_overflow=0)
+        sqlalchemy.event.listen(self.engine, "connect", _cache_pragma)
         self._artifact_roots: dict[str, str] = {}
 
     def write(self, experiment_id: str, writes: list[TrialWrite]) -> None:
         new = [w for w in writes if w.run_id is None]
         ended = [w for w in writes if w.run_id is not None and w.end is not None]
         for w in new:
-            w.run_id, w.created = uuid.uuid4().hex, True
+            w.run_id, w.created = run_id(), True
         try:
             with self.engine.begin() as conn:
                 self._insert_runs(conn, experiment_id, new)
@@ -233,6 +236,21 @@ class SqliteBulkSink:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def run_id() -> str:
+    """A new run id: 32 hex digits like MLflow's, time-ordered (milliseconds, then 80 random
+    bits) so a batch's rows land together at the end of every index on ``run_uuid`` instead
+    of in random pages all over it."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def _cache_pragma(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    try:
+        cur.execute("PRAGMA cache_size=-65536")  # KiB: 64 MiB
+    finally:
+        cur.close()
 
 
 #: every column a bulk insert must fill: a model with another required column (a newer MLflow)

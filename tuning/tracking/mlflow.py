@@ -164,6 +164,14 @@ class MlflowTracker:
     trial's run is found by its ``rungflow.trial_id`` tag, and its last logged step comes with
     the run search (the latest metric's step, one query per page of ``page_size`` runs), so a
     resumed run neither creates a run twice nor logs a step twice, past any number of runs.
+
+    Args:
+        threads: writer threads for a tracking server, which handles concurrent requests
+            (default 8 for ``http(s)://``, 1 for other stores; ``RUNGFLOW_MLFLOW_THREADS``).
+            A SQLite store has one writer: one transaction per batch.
+        bulk: write a SQLite store in bulk transactions (False: through ``MlflowClient``).
+        page_size: runs per search page when finding a resumed run's children.
+        queue_batches, batch_events, max_pending_events, drain_events: the bounds above.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, metric: str, mode: str,
@@ -187,6 +195,8 @@ class MlflowTracker:
         self.metric, self.mode = metric, mode
         self.parent_params = dict(parent_params or {})
         self.tags = dict(tags or {})
+        if threads is None and os.environ.get("RUNGFLOW_MLFLOW_THREADS"):
+            threads = _env_int("RUNGFLOW_MLFLOW_THREADS")
         self.threads, self.bulk, self.page_size = threads, bulk, page_size
         self.queue_batches, self.batch_events = queue_batches, batch_events
         self.max_pending_events, self.drain_events = max_pending_events, drain_events
@@ -762,6 +772,17 @@ def _seq(ev: Mapping[str, Any]) -> int:
 
 def _ms(t: Any) -> int:
     return int(float(t) * 1000) if isinstance(t, (int, float)) else int(time.time() * 1000)
+
+
+def _env_int(name: str) -> int:
+    text = os.environ[name]
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}: {text!r} is not allowed; it must be an integer >= 1")
+    return value
 
 
 def _check_positive(**values: int) -> None:
