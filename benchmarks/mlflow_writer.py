@@ -13,8 +13,10 @@ Two ways of feeding it:
 - ``paced``: trials finish at ``--rate`` trials/s (a run that fast), so the figure that
   matters is the tail: seconds from the last event handed over to everything written.
 
-Printed per size: trials/s, the tail, the child runs written (must equal N), and the ratio of
-the per-trial cost at the largest size to that at the smallest, measured in the same run.
+Printed per size: trials/s, the tail, the writer process's CPU per trial, the child runs
+written (must equal N), and the ratios of the per-trial wall and writer CPU at the largest size
+to those at the smallest, measured in the same run (on a shared machine the CPU ratio is the
+steadier one).
 Figures only; nothing is asserted.
 
     .venv/bin/python benchmarks/mlflow_writer.py                   # N = 1,000 and 10,000
@@ -86,6 +88,7 @@ def measure(n: int, uri: str, mode: str, rate: float, concurrency: int, seed: in
         tracker.open_async(None, [], {})
         tracker.flush(timeout_s=600)
         opened_s = time.perf_counter() - t_open
+        cpu0 = tracker.stats.get("writer_cpu_s", 0.0)
         follow(tracker, journal)
         journal.append("run_started", resumed=False, backend={}, pid=os.getpid(), host="bench")
         t0 = time.perf_counter()
@@ -103,11 +106,13 @@ def measure(n: int, uri: str, mode: str, rate: float, concurrency: int, seed: in
         t_last = time.perf_counter()
         tracker.flush(timeout_s=3600)
         t_done = time.perf_counter()
+        cpu = tracker.stats.get("writer_cpu_s", 0.0) - cpu0
         tracker.close()
         journal.close()
         children = count_children(uri, tracker.parent_run_id)
     return {"n": n, "open_s": opened_s, "feed_s": t_last - t0, "tail_s": t_done - t_last,
             "total_s": t_done - t0, "trials_per_s": n / (t_done - t0), "children": children,
+            "cpu_s": cpu,
             "parent": tracker.parent_run_id, "experiment_id": tracker.experiment_id}
 
 
@@ -216,15 +221,19 @@ def report_resume(rows: list[dict[str, Any]]) -> None:
 def report(label: str, rows: list[dict[str, float]]) -> None:
     print(f"\n{label}")
     print(f"{'trials':>8} {'open s':>7} {'feed s':>7} {'tail s':>7} {'total s':>8} "
-          f"{'trials/s':>9} {'ms/trial':>9} {'children':>9}")
+          f"{'trials/s':>9} {'ms/trial':>9} {'writer cpu ms/trial':>20} {'children':>9}")
     for r in rows:
         print(f"{r['n']:>8,} {r['open_s']:>7.2f} {r['feed_s']:>7.2f} {r['tail_s']:>7.2f} "
               f"{r['total_s']:>8.2f} {r['trials_per_s']:>9.1f} "
-              f"{1000 * r['total_s'] / r['n']:>9.2f} {r['children']:>9,}")
+              f"{1000 * r['total_s'] / r['n']:>9.2f} {1000 * r['cpu_s'] / r['n']:>20.2f} "
+              f"{r['children']:>9,}")
     if len(rows) > 1:
         lo, hi = rows[0], rows[-1]
         ratio = (hi["total_s"] / hi["n"]) / (lo["total_s"] / lo["n"])
-        print(f"per-trial cost at {hi['n']:,} / at {lo['n']:,}: {ratio:.2f}")
+        print(f"per-trial wall at {hi['n']:,} / at {lo['n']:,}: {ratio:.2f}")
+        if lo["cpu_s"] > 0:
+            cpu = (hi["cpu_s"] / hi["n"]) / (lo["cpu_s"] / lo["n"])
+            print(f"per-trial writer CPU at {hi['n']:,} / at {lo['n']:,}: {cpu:.2f}")
 
 
 def main() -> None:

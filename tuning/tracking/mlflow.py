@@ -436,6 +436,7 @@ class MlflowTracker:
         return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
                 "runs": dict(self.runs), "logged_step": dict(self.logged_step),
                 "applied_seq": self.applied_seq, "sink": type(self.sink).__name__,
+                "cpu_s": time.process_time(),
                 "error": self._error_tb or
                 (f"{type(self._error).__name__}: {self._error}" if self._error else None)}
 
@@ -444,6 +445,7 @@ class MlflowTracker:
         self.runs, self.logged_step = dict(state["runs"]), dict(state["logged_step"])
         self.applied_seq = state["applied_seq"]
         self.stats["sink"] = state["sink"]
+        self.stats["writer_cpu_s"] = state["cpu_s"]  # the writer process's CPU time so far
         if state.get("error"):
             self._error = RuntimeError(f"MLflow writer failed: {state['error']}")
 
