@@ -265,7 +265,7 @@ def test_a_stalled_writer_neither_blocks_nor_grows_the_driver(tmp_path, uri):
 
     def on_durable(events):
         t.apply_async(events)
-        held.append(len(t._pending))
+        held.append(t.pending_events)
 
     j.on_durable = on_durable
     pid = t.writer_pid

@@ -327,6 +327,11 @@ class MlflowTracker:
         self._proc.start()
 
     @property
+    def pending_events(self) -> int:
+        """Events the driver holds that the writer's queue had no room for yet."""
+        return len(self._pending)
+
+    @property
     def writer_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
