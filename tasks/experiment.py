@@ -10,7 +10,7 @@ from prefect.cache_policies import NONE
 from tuning.controller import Controller
 from tuning.runner import Components, open_experiment
 from tuning.spec import ExperimentSpec
-from tuning.tracking.mlflow import MlflowTracker, check_tracking_uri, replay_events
+from tuning.tracking.mlflow import MlflowTracker, check_tracking_uri
 
 
 @task(name="open-experiment", cache_policy=NONE, persist_result=False)
@@ -19,8 +19,8 @@ def open_experiment_task(spec: ExperimentSpec, components: Components | None,
                          ) -> tuple[Controller, MlflowTracker]:
     """Validate, replay the journal when resuming, build searcher, scheduler and backend, and
     check the tracking store answers, all before any cluster starts; then start the MLflow
-    writer (it opens the store while the cluster starts) and let it see every journal event
-    as it is written."""
+    writer (it opens the store while the cluster starts, and streams a resumed run's previous
+    attempts from the journal itself) and let it see every journal event as it is written."""
     uri = spec.effective_tracking_uri()
     check_tracking_uri(uri)
     ctl = open_experiment(spec, components, resume=resume)
@@ -28,12 +28,10 @@ def open_experiment_task(spec: ExperimentSpec, components: Components | None,
     try:
         tracker = MlflowTracker(uri, ctl.name, spec.run_name or spec.name, ctl.metric,
                                 ctl.mode, params, spec.tags)
-        catch_up = replay_events(ctl.journal) if ctl.replayed is not None else []
-        tracker.open_async(None, catch_up,
-                           {tid: dict(t.config) for tid, t in ctl.trials.items()})
+        tracker.open_async(catch_up_from=ctl.journal if ctl.replayed is not None else None)
     except BaseException:
         ctl.backend.shutdown()
         raise
-    ctl.journal.on_durable = tracker.apply_async
+    tracker.follow(ctl.journal)
     ctl.journal.append("tracking", tracking_uri=uri, run_name=spec.run_name or spec.name)
     return ctl, tracker

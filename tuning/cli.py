@@ -48,7 +48,20 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("path", nargs="?" if name == "ls" else None, default=".",
                        help="a run directory or a storage path")
         c.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "ls":
+            _ls_options(c)
     return p
+
+
+def _ls_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--limit", type=int, default=50,
+                   help="trials a page (default 50; 0: all of them)")
+    c.add_argument("--page", type=int, default=1, help="which page, from 1 (default 1)")
+    c.add_argument("--status", action="append", metavar="STATUS",
+                   help="only trials in this status (RUNNING, TERMINATED, STOPPED, ERROR, "
+                        "...); repeat or separate with commas for several")
+    c.add_argument("--sort", choices=["best", "trial"], default="best",
+                   help="best first by the metric's last value (default), or by trial id")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,26 +255,52 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """The runs of a storage path, or one page of a run's trials (best first), read from its
+    journal in one streamed pass."""
     from tuning.experiment import find_experiment_dirs
+    from tuning.listing import trial_page
     from tuning.results import load_result
 
     dirs = find_experiment_dirs(args.path)
     if len(dirs) > 1:  # a storage path: list the runs
         for d in dirs:
             r = load_result(d)
-            print(f"{r.name}\t{_status_of(r)}\t{len(r.trials)} trials\tbest={r.best_metric}\t{d}")
+            print(f"{r.name}\t{_status_of(r)}\t{len(r.state.trials)} trials\t"
+                  f"best={r.best_metric}\t{d}")
         return 0
+    statuses = [s.strip() for arg in args.status or [] for s in arg.split(",") if s.strip()]
+    trial_page([], "", "max", args.limit, args.page, statuses or None, args.sort)  # bad input
     res = load_result(args.path)
-    df = res.dataframe()
-    if args.json:
-        print(df.to_json(orient="records"))
-    else:
-        import pandas as pd
+    pg = trial_page(res.state.trials.values(), res.metric, res.mode, args.limit, args.page,
+                    statuses or None, args.sort)
+    import pandas as pd
 
-        with pd.option_context("display.max_rows", 500, "display.width", 200):
+    df = pd.DataFrame(pg.rows)
+    if args.json:
+        print(df.to_json(orient="records") if pg.rows else "[]")
+        return 0
+    print(_ls_header(res, pg, statuses, args.sort))
+    if pg.rows:
+        with pd.option_context("display.max_rows", max(len(df), 1), "display.width", 200):
             cols = [c for c in df.columns if c not in ("checkpoint", "error")]
             print(df[cols].to_string(index=False))
+    if pg.page < pg.pages:
+        more = f" --limit {pg.limit}" if pg.limit != 50 else ""
+        more += "".join(f" --status {s}" for s in statuses)
+        more += " --sort trial" if args.sort == "trial" else ""
+        print(f"next page: rungflow ls {res.path} --page {pg.page + 1}{more}")
     return 0
+
+
+def _ls_header(res: Any, pg: Any, statuses: list[str], sort: str) -> str:
+    which = f" {'/'.join(s.upper() for s in statuses)}" if statuses else ""
+    order = f"best {res.metric} first" if sort == "best" else "by trial id"
+    if not pg.rows:
+        return (f"{res.name}: no{which} trials on page {pg.page} ({pg.total:,}{which} trials, "
+                f"{pg.pages} page{'s' if pg.pages > 1 else ''})")
+    last = pg.first + len(pg.rows) - 1
+    return (f"{res.name}: trials {pg.first:,}-{last:,} of {pg.total:,}{which} ({order}), "
+            f"page {pg.page} of {pg.pages}")
 
 
 _COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "best": cmd_best,

@@ -6,18 +6,22 @@ training_iteration; tags: trial id, status, the milestone it stopped at; its las
 an artifact; the traceback of a failed trial). Writes are idempotent: a child run is found again
 by its ``rungflow.trial_id`` tag and metric steps already logged are skipped, so replaying a
 journal after a crash never duplicates anything.
+
+The writer is a process of its own (a thread with ``RUNGFLOW_MLFLOW_WRITER=thread``), fed with
+the journal's durable groups; the tuning loop never waits on it (see :class:`MlflowTracker` for
+what is bounded and by what).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import queue
-import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,20 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuning._trial import ITERATION, Status
+from tuning.tracking._feed import CATCH_UP, WANTED, JournalReader, slim
+from tuning.tracking._sinks import (
+    BulkWriteError,
+    ClientSink,
+    SqliteBulkSink,
+    TrialWrite,
+    fallback,
+    make_sink,
+)
 
-__all__ = ["MlflowTracker", "check_tracking_uri", "join_writers", "run_name", "use_sqlite_wal"]
+__all__ = ["MlflowTracker", "check_tracking_uri", "join_writers", "replay_events", "run_name",
+           "use_sqlite_wal"]
+
+log = logging.getLogger("tuning.tracking")
 
 #: writer processes still drawing plots or writing after their run returned
 _BACKGROUND: list[Any] = []
@@ -117,12 +133,59 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                     from None
 
 
+_COMMITS = frozenset({"state", "finished"})
+#: MLflow's own bound on one search page
+MAX_PAGE = 50_000
+
+
 class MlflowTracker:
-    """Writes journal events to MLflow, idempotently."""
+    """Writes journal events to MLflow, idempotently, from a writer process.
+
+    The journal's writer thread hands each durable group to :meth:`apply_async`, which never
+    waits: the decision path does not call it at all, and the journal thread only appends to a
+    list and offers it to a bounded queue. What is bounded, and by what:
+
+    - the queue to the writer holds at most ``queue_batches`` batches of at most
+      ``batch_events`` events each (events slimmed to what MLflow gets: no snapshots, no
+      decisions, results without checkpoints or strings);
+    - when that queue is full (a slow tracking store), events wait in one pending list and go
+      over together when there is room: the writer falls behind and writes bigger batches;
+    - when more than ``max_pending_events`` wait, the tracker drops them and sends only their
+      last seq: the writer reads those events back from the journal, where they are durable
+      already. The driver therefore holds at most ``queue_batches * batch_events +
+      max_pending_events`` events for MLflow, however slow MLflow is. (A ``memory://`` journal,
+      which another process cannot read, keeps them in memory; so does a tracker that does not
+      :meth:`follow` a journal.)
+    - the writer takes what is queued, up to ``drain_events`` events, and writes it as one
+      batch: per trial one run creation with its tags, one ``log_batch`` and one end; on a
+      SQLite store one transaction for the whole batch (``tuning/tracking/_sinks.py``).
+
+    Replay is idempotent: the writer skips events at or below the highest seq it applied, a
+    trial's run is found by its ``rungflow.trial_id`` tag, and its last logged step comes with
+    the run search (the latest metric's step, one query per page of ``page_size`` runs), so a
+    resumed run neither creates a run twice nor logs a step twice, past any number of runs.
+
+    Args:
+        threads: writer threads for a tracking server, which handles concurrent requests
+            (default 8 for ``http(s)://``, 1 for other stores; ``RUNGFLOW_MLFLOW_THREADS``).
+            A SQLite store has one writer: one transaction per batch.
+        bulk: write a SQLite store in bulk transactions (False: through ``MlflowClient``).
+        page_size: runs per search page when finding a resumed run's children.
+        queue_batches, batch_events, max_pending_events, drain_events: the bounds above.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, metric: str, mode: str,
                  parent_params: Mapping[str, Any] | None = None,
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, *, threads: int | None = None,
+                 bulk: bool = True, page_size: int = 10_000, queue_batches: int = 4,
+                 batch_events: int = 4096, max_pending_events: int = 16384,
+                 drain_events: int = 20_000) -> None:
+        _check_positive(threads=threads if threads is not None else 1, queue_batches=queue_batches,
+                        batch_events=batch_events, max_pending_events=max_pending_events,
+                        drain_events=drain_events, page_size=page_size)
+        if page_size > MAX_PAGE:
+            raise ValueError(f"page_size: {page_size} is above MLflow's limit of {MAX_PAGE} "
+                             "runs a search page")
         self.uri = tracking_uri
         if tracking_uri.startswith("sqlite:"):
             use_sqlite_wal()
@@ -132,21 +195,41 @@ class MlflowTracker:
         self.metric, self.mode = metric, mode
         self.parent_params = dict(parent_params or {})
         self.tags = dict(tags or {})
+        if threads is None and os.environ.get("RUNGFLOW_MLFLOW_THREADS"):
+            threads = _env_int("RUNGFLOW_MLFLOW_THREADS")
+        self.threads, self.bulk, self.page_size = threads, bulk, page_size
+        self.queue_batches, self.batch_events = queue_batches, batch_events
+        self.max_pending_events, self.drain_events = max_pending_events, drain_events
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.logged_step: dict[str, int] = {}  # trial id -> highest step logged
         self.configs: dict[str, dict[str, Any]] = {}
-        self._queue: queue.Queue[Any] | None = None
-        self._thread: threading.Thread | None = None
-        self._proc: Any = None
+        self.board: dict[str, dict[str, Any]] = {}  # trial id -> status, last metric, config
+        self.applied_seq = 0  # the highest journal seq written (the writer's side)
+        self.sink: ClientSink | SqliteBulkSink | None = None
+        self._created_ms: dict[str, int] = {}  # trials whose run is not created yet
+        self._reader: JournalReader | None = None
+        # the driver's side
+        self._lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._skip_to: int | None = None  # dropped events up to this seq: the writer re-reads
+        self._journal_dir: str | None = None
         self._inq: Any = None
         self._outq: Any = None
+        self._proc: Any = None
+        self._thread: threading.Thread | None = None
         self._error: Exception | None = None
-        self._batches: dict[str, dict[str, list[Any]]] = {}
-        self.board: dict[str, dict[str, Any]] = {}  # trial id -> status, last metric, config
+        self._error_tb: str | None = None
+        self.stats = {"batches": 0, "waited": 0, "reread": 0, "pending_peak": 0}
 
-    # -- opening ---------------------------------------------------------------------------
+    def _kwargs(self) -> dict[str, Any]:
+        return {"threads": self.threads, "bulk": self.bulk, "page_size": self.page_size,
+                "queue_batches": self.queue_batches, "batch_events": self.batch_events,
+                "max_pending_events": self.max_pending_events,
+                "drain_events": self.drain_events}
+
+    # -- opening (the writer's side) -------------------------------------------------------
     def open(self, parent_run_id: str | None = None) -> str:
         """Find or create the MLflow experiment and the parent run; return its id."""
         exp = self.client.get_experiment_by_name(self.experiment)
@@ -159,15 +242,15 @@ class MlflowTracker:
             self.experiment_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+        self.sink = make_sink(self.client, self.uri, self.threads, self.bulk)
         self.parent_run_id = parent_run_id or self._find_parent()
         if self.parent_run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={
                 "rungflow.role": "parent", "rungflow.experiment": self.experiment,
                 "rungflow.run_name": self.run_name, **self.tags})
             self.parent_run_id = run.info.run_id
-            params = [Param(k, _param(v)) for k, v in self.parent_params.items()]
-            self._queued(self.parent_run_id)["params"].extend(params)
-            self._flush_batches()
+            self.client.log_batch(self.parent_run_id, params=[
+                Param(k, _param(v)) for k, v in self.parent_params.items()])
         else:
             self.client.set_terminated(self.parent_run_id, "RUNNING")
             self._load_children()
@@ -175,83 +258,160 @@ class MlflowTracker:
 
     def _find_parent(self) -> str | None:
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string="tags.`rungflow.role` = 'parent' and "
+            [str(self.experiment_id)], filter_string="tags.`rungflow.role` = 'parent' and "
             f"tags.`rungflow.run_name` = '{self.run_name}'",
             max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0].info.run_id if runs else None
 
     def _load_children(self) -> None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
-            max_results=50000)
-        for r in runs:
-            tid = r.data.tags.get("rungflow.trial_id")
-            if tid is None:
-                continue
-            self.runs[tid] = r.info.run_id
-            hist = self.client.get_metric_history(r.info.run_id, self.metric)
-            self.logged_step[tid] = max((m.step for m in hist), default=0)
+        """Every child run of the parent, with the last step it logged: one SQL query on a
+        SQLite store, else the run search a page of ``page_size`` runs at a time (never
+        ``get_metric_history`` per run)."""
+        assert self.parent_run_id is not None
+        if isinstance(self.sink, SqliteBulkSink):
+            for tid, (rid, step) in self.sink.children(self.parent_run_id, self.metric).items():
+                self.runs[tid], self.logged_step[tid] = rid, step
+            return
+        for tid, rid, step in search_children(self.client, str(self.experiment_id),
+                                              self.parent_run_id, self.metric, self.page_size):
+            self.runs.setdefault(tid, rid)
+            self.logged_step[tid] = max(step, self.logged_step.get(tid, 0))
 
-    # -- projection ------------------------------------------------------------------------
+    # -- the driver's side ---------------------------------------------------------------------
+    def follow(self, journal: Any) -> None:
+        """Project ``journal``: each group it commits goes to :meth:`apply_async`, and events
+        the writer could not take in time are read back from it."""
+        directory = str(journal.directory)
+        self._journal_dir = None if directory.startswith("memory://") else directory
+        journal.on_durable = self.apply_async
+
     def open_async(self, parent_run_id: str | None = None,
-                   catch_up: list[Mapping[str, Any]] | None = None,
-                   configs: Mapping[str, dict[str, Any]] | None = None) -> None:
-        """Open in the background writer (creating a SQLite store takes seconds), then write
-        ``catch_up`` events (a resumed run's journal) before anything queued later."""
-        self._start_writer()
-        self._send(("open", parent_run_id, list(catch_up or []), dict(configs or {})))
+                   catch_up: Sequence[Mapping[str, Any]] | None = None,
+                   configs: Mapping[str, dict[str, Any]] | None = None,
+                   catch_up_from: Any = None) -> None:
+        """Open in the background writer (creating a SQLite store takes seconds), then write a
+        resumed run's previous attempts before anything queued later: ``catch_up`` events, or
+        the committed events of the journal ``catch_up_from``, which the writer streams
+        itself (a ``memory://`` journal is read here)."""
+        directory: str | None = None
+        if catch_up_from is not None:
+            directory = str(catch_up_from.directory)
+            if directory.startswith("memory://"):
+                catch_up, directory = list(replay_events(catch_up_from)), None
+        with self._lock:
+            self._start_writer()
+            self._put(("open", parent_run_id, [slim(e) for e in catch_up or []],
+                       dict(configs or {}), directory), block=True)
 
     def _start_writer(self) -> None:
         """The writer is a separate process by default, so MLflow's SQLAlchemy work neither
         holds the driver's GIL nor slows the tuning loop (``RUNGFLOW_MLFLOW_WRITER=thread``
         keeps it in a thread of this process)."""
-        if self._queue is not None or self._proc is not None:
+        if self._inq is not None:
             return
+        args = (self.uri, self.experiment, self.run_name, self.metric, self.mode,
+                self.parent_params, self.tags)
         if os.environ.get("RUNGFLOW_MLFLOW_WRITER", "process") == "thread":
-            self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._writer, name="rungflow-mlflow",
+            self._inq, self._outq = queue.Queue(self.queue_batches), queue.Queue()
+            self._thread = threading.Thread(target=_writer_main, name="rungflow-mlflow",
+                                            args=(args, self._kwargs(), self._inq, self._outq),
                                             daemon=True)
             self._thread.start()
             return
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
-        self._inq, self._outq = ctx.Queue(), ctx.Queue()
-        args = (self.uri, self.experiment, self.run_name, self.metric, self.mode,
-                self.parent_params, self.tags)
-        self._proc = ctx.Process(target=_writer_main, args=(args, self._inq, self._outq),
-                                 name="rungflow-mlflow", daemon=False)
+        self._inq, self._outq = ctx.Queue(self.queue_batches), ctx.Queue()
+        self._proc = ctx.Process(target=_writer_main, name="rungflow-mlflow", daemon=False,
+                                 args=(args, self._kwargs(), self._inq, self._outq))
         self._proc.start()
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
-        if self._proc is not None:
-            self._inq.put(msg)
-        else:
-            assert self._queue is not None
-            self._queue.put(msg)
+    @property
+    def pending_events(self) -> int:
+        """Events the driver holds that the writer's queue had no room for yet."""
+        return len(self._pending)
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _put(self, msg: tuple[Any, ...], block: bool, timeout_s: float = 600.0) -> bool:
+        try:
+            if block:
+                deadline = time.monotonic() + timeout_s
+                while True:  # in steps, so a dead writer is noticed
+                    try:
+                        self._inq.put(msg, timeout=1.0)
+                        return True
+                    except queue.Full:
+                        self._check_writer_alive()
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the MLflow writer took nothing for "
+                                               f"{timeout_s:g}s") from None
+            self._inq.put_nowait(msg)
+            return True
+        except queue.Full:
+            return False
 
     def apply_async(self, events: list[Mapping[str, Any]]) -> None:
-        """Queue a batch for the background writer: the tuning loop does not wait on MLflow.
-        Events carry everything written (a trial's config comes with its ``trial_created`` and
-        ``segment_started`` events), so nothing here reads the live trial table."""
-        self._start_writer()
-        configs = {ev["trial_id"]: dict(ev["config"]) for ev in events
-                   if ev["event"] in ("trial_created", "segment_started") and ev.get("config")}
-        self._send(("apply", list(events), configs))
+        """Hand a durable group of journal events to the writer; never waits (see the class
+        docstring for the bounds). Events carry everything written (a trial's config comes
+        with its ``trial_created`` and ``segment_started`` events), so nothing here reads the
+        live trial table."""
+        wanted = [slim(ev) for ev in events if ev["event"] in WANTED]
+        if not wanted:
+            return
+        with self._lock:
+            self._start_writer()
+            if self._skip_to is not None:
+                self._skip_to = max(self._skip_to, _seq(wanted[-1]))
+            else:
+                self._pending.extend(wanted)
+                self.stats["pending_peak"] = max(self.stats["pending_peak"], len(self._pending))
+                if len(self._pending) > self.max_pending_events and self._journal_dir and \
+                        all(isinstance(ev.get("seq"), int) for ev in self._pending):
+                    self._skip_to = _seq(self._pending[-1])
+                    self._pending = []
+                    self.stats["reread"] += 1
+            self._hand_over(block=False)
+
+    def _hand_over(self, block: bool, timeout_s: float = 600.0) -> None:
+        if self._skip_to is not None:
+            if not self._put(("journal", self._journal_dir, self._skip_to), block, timeout_s):
+                self.stats["waited"] += 1
+                return
+            self._skip_to = None
+        while self._pending:
+            batch = self._pending[:self.batch_events]
+            if not self._put(("apply", batch), block, timeout_s):
+                self.stats["waited"] += 1
+                return
+            del self._pending[:len(batch)]
+            self.stats["batches"] += 1
+
+    def _check_writer_alive(self) -> None:
+        if self._proc is not None and self._proc.exitcode is not None:
+            raise RuntimeError(f"the MLflow writer process exited (code {self._proc.exitcode})")
 
     def flush(self, timeout_s: float = 600.0) -> None:
-        """Wait until the background writer has written everything queued; re-raise its error."""
-        if self._proc is not None:
-            self._inq.put(("flush",))
+        """Wait until the background writer has written everything handed over; re-raise its
+        error."""
+        if self._inq is None:
+            return
+        with self._lock:
+            self._hand_over(block=True, timeout_s=timeout_s)
+            self._put(("flush",), block=True, timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
-                state = self._outq.get(timeout=timeout_s)
+                state = self._outq.get(timeout=1.0)
+                break
             except queue.Empty:
-                raise RuntimeError("the MLflow writer did not answer within "
-                                   f"{timeout_s:g}s") from None
-            self._load_writer_state(state)
-        elif self._queue is not None:
-            self._queue.join()
+                self._check_writer_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the MLflow writer did not answer within "
+                                       f"{timeout_s:g}s") from None
+        self._load_writer_state(state)
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -259,39 +419,57 @@ class MlflowTracker:
     def close(self, wait: bool = True) -> None:
         """Stop the writer after what is queued (the plots, say). ``wait=False`` returns at
         once: the writer is not a daemon, so the interpreter waits for it at exit."""
-        if self._proc is not None:
-            self._inq.put(("stop",))
-            if wait:
+        if self._inq is None:
+            return
+        try:
+            with self._lock:
+                self._hand_over(block=True, timeout_s=60)
+                self._put(("stop",), block=True, timeout_s=60)
+        except RuntimeError as exc:
+            log.warning("MLflow writer: %s", exc)
+        if wait:
+            if self._proc is not None:
                 self._proc.join(timeout=60)
-            else:
-                _BACKGROUND.append(self._proc)
-            self._proc = None
-        elif self._queue is not None and wait:
-            self._queue.join()
+            elif self._thread is not None:
+                self._thread.join(timeout=60)
+        elif self._proc is not None:
+            _BACKGROUND.append(self._proc)
+        self._proc = self._thread = None
+        self._inq = None
 
     def writer_state(self) -> dict[str, Any]:
         return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
                 "runs": dict(self.runs), "logged_step": dict(self.logged_step),
-                "configs": dict(self.configs),
-                "error": getattr(self, "_error_tb", None) or
+                "applied_seq": self.applied_seq, "sink": type(self.sink).__name__,
+                "cpu_s": time.process_time(),
+                "error": self._error_tb or
                 (f"{type(self._error).__name__}: {self._error}" if self._error else None)}
 
     def _load_writer_state(self, state: Mapping[str, Any]) -> None:
         self.experiment_id, self.parent_run_id = state["experiment_id"], state["parent_run_id"]
         self.runs, self.logged_step = dict(state["runs"]), dict(state["logged_step"])
-        self.configs = dict(state["configs"])
+        self.applied_seq = state["applied_seq"]
+        self.stats["sink"] = state["sink"]
+        self.stats["writer_cpu_s"] = state["cpu_s"]  # the writer process's CPU time so far
         if state.get("error"):
             self._error = RuntimeError(f"MLflow writer failed: {state['error']}")
 
+    # -- the writer's side -------------------------------------------------------------------
     def _handle(self, msg: tuple[Any, ...]) -> None:
         if self._error is not None:
             return
         try:
             if msg[0] == "open":
                 self.open(msg[1])
-                self._apply(msg[2], msg[3])
+                self.configs.update({k: dict(v) for k, v in msg[3].items()
+                                     if k not in self.configs})
+                self._apply_chunks(iter(msg[2]))
+                if msg[4]:
+                    self._catch_up(msg[4])
             elif msg[0] == "apply":
-                self._apply(msg[1], msg[2])
+                self._apply(msg[1])
+            elif msg[0] == "journal":
+                self._reread(msg[1], msg[2])
             elif msg[0] == "plots":
                 self._plots(msg[1], msg[2])
         except Exception as exc:  # noqa: BLE001 - handed to the loop at flush()
@@ -300,49 +478,143 @@ class MlflowTracker:
             self._error = exc
             self._error_tb = traceback.format_exc()
 
-    def _writer(self) -> None:
-        assert self._queue is not None
-        while True:
-            msg = self._queue.get()
-            try:
-                self._handle(msg)
-            finally:
-                self._queue.task_done()
+    def _catch_up(self, directory: str) -> None:
+        """A resumed run: the previous attempts' committed trial events, streamed from the
+        journal; live events up to the last commit read are then skipped as applied."""
+        from tuning.experiment import Journal
 
-    def _apply(self, events: list[Mapping[str, Any]], configs: Mapping[str, dict[str, Any]]) -> None:
-        metrics: dict[str, list[Metric]] = {}
-        ended: dict[str, Mapping[str, Any]] = {}
+        reading = _CatchUp(Journal(directory))
+        self._apply_chunks(reading)
+        self.applied_seq = max(self.applied_seq, reading.last_commit)
+
+    def _reread(self, directory: str, upto: int) -> None:
+        """Events the driver dropped while the writer was behind, read back from the journal
+        (forward from where the last re-read stopped)."""
+        if self._reader is None or self._reader.journal.directory != directory.rstrip("/"):
+            self._reader = JournalReader(directory)
+        self._apply_chunks(self._reader.events(self.applied_seq, upto))
+        self.applied_seq = max(self.applied_seq, upto)
+
+    def _apply_chunks(self, events: Iterable[dict[str, Any]]) -> None:
+        chunk: list[dict[str, Any]] = []
         for ev in events:
-            kind, tid = ev["event"], ev.get("trial_id")
+            chunk.append(ev)
+            if len(chunk) >= self.drain_events:
+                self._apply(chunk)
+                chunk = []
+        if chunk:
+            self._apply(chunk)
+
+    def _apply(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """One batch: a :class:`TrialWrite` per trial, written together, then the end."""
+        writes: dict[str, TrialWrite] = {}
+        finished = None
+        top = self.applied_seq
+        for ev in events:
+            seq = ev.get("seq")
+            if isinstance(seq, int):
+                if seq <= self.applied_seq:
+                    continue  # written already (a catch-up, or a re-read)
+                top = max(top, seq)
             self._note(ev)
-            if kind == "trial_created":  # the run is created with its first result or end
-                self.configs.setdefault(tid, dict(ev["config"]))
-            elif kind == "segment_started" and tid in self.runs and \
-                    ev.get("config") != self.configs.get(tid):
-                self._config_changed(tid, ev["config"], ev.get("segment_id"))
-            elif kind == "result":
-                self._ensure_run(tid, self.configs.get(tid) or configs.get(tid, {}))
-                metrics.setdefault(tid, []).extend(self._metrics(tid, ev["result"]))
-            elif kind == "failure":
-                self._ensure_run(tid, self.configs.get(tid) or configs.get(tid, {}))
-                self._log_text(tid, f"failure-{ev['num_failures']}.txt", ev["error"])
-            elif kind == "trial_status" and Status(ev["status"]) != Status.RUNNING:
-                ended[tid] = ev
-        for tid, ms in metrics.items():
-            self._queued(self.runs[tid])["metrics"].extend(ms)
-        for tid, ev in ended.items():
-            self._trial_tags(tid, ev, self.configs.get(tid) or configs.get(tid, {}))
-        self._flush_batches()
-        for tid, ev in ended.items():
-            self._trial_closed(tid, ev)
-        for ev in events:
             if ev["event"] == "finished":
-                self.finish(ev)
+                finished = ev
+            else:
+                self._collect(ev, writes)
+        self._write(list(writes.values()))
+        self.applied_seq = top
+        if finished is not None:
+            self.finish(finished)
+
+    def _collect(self, ev: Mapping[str, Any], writes: dict[str, TrialWrite]) -> None:
+        kind, tid = ev["event"], str(ev.get("trial_id"))
+        if kind == "trial_created":
+            self.configs.setdefault(tid, dict(ev["config"]))
+            if tid not in self.runs:
+                self._created_ms.setdefault(tid, _ms(ev.get("t")))
+        elif kind == "segment_started" and ev.get("config") is not None:
+            if tid not in self.runs and tid not in writes:
+                self.configs.setdefault(tid, dict(ev["config"]))
+            elif ev["config"] != self.configs.get(tid):  # PBT: params are immutable, so tags
+                self.configs[tid] = dict(ev["config"])
+                self._write_for(writes, ev).tags[f"rungflow.config.segment{ev.get('segment_id')}"] \
+                    = json.dumps(ev["config"], default=str)[:5000]
+        elif kind == "result":
+            self._write_for(writes, ev).metrics.extend(self._metrics(tid, ev["result"]))
+        elif kind == "failure":
+            self._write_for(writes, ev).texts.append((f"failure-{ev['num_failures']}.txt",
+                                                      ev["error"]))
+        elif kind == "trial_status" and Status(ev["status"]) != Status.RUNNING:
+            self._trial_ended(self._write_for(writes, ev), ev)
+
+    def _write_for(self, writes: dict[str, TrialWrite], ev: Mapping[str, Any]) -> TrialWrite:
+        tid = ev["trial_id"]
+        w = writes.get(tid)
+        if w is not None:
+            return w
+        w = writes[tid] = TrialWrite(tid, self.runs.get(tid))
+        if w.run_id is None:
+            assert self.parent_run_id is not None
+            config = self.configs.get(tid, {})
+            w.run_name = run_name(tid, config)
+            w.start_ms = self._created_ms.get(tid) or _ms(ev.get("t"))
+            w.params = {k: _param(v) for k, v in config.items()}
+            w.tags = {"mlflow.parentRunId": self.parent_run_id, "rungflow.trial_id": tid,
+                      "rungflow.experiment": self.experiment, "rungflow.run_name": self.run_name,
+                      "rungflow.status": "PENDING"}
+            self.logged_step.setdefault(tid, 0)
+        return w
+
+    def _metrics(self, trial_id: str, result: Mapping[str, Any]) -> list[Metric]:
+        step = int(result[ITERATION])
+        if step <= self.logged_step.get(trial_id, 0):
+            return []  # already in MLflow (a replay after a crash)
+        self.logged_step[trial_id] = step
+        ts = int(float(result.get("timestamp", time.time())) * 1000)
+        return [Metric(k, float(v), ts, step) for k, v in result.items()
+                if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(float(v))]
+
+    def _trial_ended(self, w: TrialWrite, ev: Mapping[str, Any]) -> None:
+        """Status tags; a trial that is not paused also gets its checkpoint and its end, at
+        the time the journal says it ended."""
+        status = Status(ev["status"])
+        w.tags["rungflow.status"] = str(status)
+        w.tags["rungflow.iterations"] = str(self.logged_step.get(w.trial_id, 0))
+        for key in ("stopped_at", "rung"):
+            if ev.get(key) is not None:
+                w.tags[f"rungflow.{key}"] = str(ev[key])
+        if ev.get("error"):
+            w.tags["rungflow.error"] = ev["error"].strip().splitlines()[-1][:4000]
+            w.texts.append(("error.txt", ev["error"]))
+        if status == Status.PAUSED:
+            return
+        ckpt = ev.get("checkpoint")
+        if ckpt and not ckpt.startswith("sim://"):
+            w.checkpoint = ckpt
+            w.tags["rungflow.checkpoint"] = ckpt
+        w.end = (_MLFLOW_STATUS.get(status, "FINISHED"), _ms(ev.get("t")))
+
+    def _write(self, writes: list[TrialWrite]) -> None:
+        if not writes:
+            return
+        assert self.sink is not None and self.experiment_id is not None
+        try:
+            try:
+                self.sink.write(self.experiment_id, writes)
+            except BulkWriteError as exc:
+                self.sink = fallback(self.sink, exc.__cause__ or exc)
+                self.sink.write(self.experiment_id, writes)
+        finally:
+            for w in writes:
+                if w.created and w.run_id is not None:
+                    self.runs[w.trial_id] = w.run_id
+                    self._created_ms.pop(w.trial_id, None)
 
     def _note(self, ev: Mapping[str, Any]) -> None:
         """The writer's own small table of trials (last metric, status): the leaderboard and
         the best trial at the end come from it, not from the driver's memory."""
-        kind, tid = ev["event"], ev.get("trial_id")
+        kind, tid = ev["event"], str(ev.get("trial_id"))
         if kind == "trial_created":
             self.board[tid] = {"trial_id": tid, "status": "PENDING", self.metric: None,
                                "iterations": 0, "config": dict(ev["config"])}
@@ -358,87 +630,6 @@ class MlflowTracker:
         elif kind == "segment_started" and ev.get("config"):
             self.board[tid]["config"] = dict(ev["config"])
 
-    def _queued(self, run_id: str) -> dict[str, list[Any]]:
-        return self._batches.setdefault(run_id, {"metrics": [], "params": [], "tags": []})
-
-    def _flush_batches(self) -> None:
-        """One ``log_batch`` per run and wave (MLflow's limits: 1000 metrics, 100 params,
-        100 tags a call)."""
-        batches, self._batches = self._batches, {}
-        for run_id, b in batches.items():
-            m, p, t = b["metrics"], b["params"], b["tags"]
-            while m or p or t:
-                self._log_batch(run_id, metrics=m[:900], params=p[:100], tags=t[:100])
-                m, p, t = m[900:], p[100:], t[100:]
-
-    def _ensure_run(self, trial_id: str, config: Mapping[str, Any]) -> str:
-        if trial_id in self.runs:
-            return self.runs[trial_id]
-        assert self.parent_run_id is not None and self.experiment_id is not None
-        run = self.client.create_run(self.experiment_id, run_name=run_name(trial_id, config), tags={
-            "mlflow.parentRunId": self.parent_run_id, "rungflow.trial_id": trial_id,
-            "rungflow.experiment": self.experiment, "rungflow.run_name": self.run_name,
-            "rungflow.status": "PENDING"})
-        self.runs[trial_id] = run.info.run_id
-        self.configs[trial_id] = dict(config)
-        self.logged_step[trial_id] = 0
-        self._queued(run.info.run_id)["params"].extend(
-            Param(k, _param(v)) for k, v in config.items())
-        return run.info.run_id
-
-    def _config_changed(self, trial_id: str, config: Mapping[str, Any], segment: Any) -> None:
-        """PBT changed the config mid-run: params are immutable, so log it as tags."""
-        self.configs[trial_id] = dict(config)
-        self._log_batch(self.runs[trial_id], tags=[
-            RunTag(f"rungflow.config.segment{segment}", json.dumps(config, default=str)[:5000])])
-
-    def _metrics(self, trial_id: str, result: Mapping[str, Any]) -> list[Metric]:
-        step = int(result[ITERATION])
-        if step <= self.logged_step.get(trial_id, 0):
-            return []  # already in MLflow (a replay after a crash)
-        self.logged_step[trial_id] = step
-        ts = int(float(result.get("timestamp", time.time())) * 1000)
-        return [Metric(k, float(v), ts, step) for k, v in result.items()
-                if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
-                and math.isfinite(float(v))]
-
-    def _trial_tags(self, trial_id: str, ev: Mapping[str, Any], config: Mapping[str, Any]
-                    ) -> None:
-        run_id = self._ensure_run(trial_id, config)
-        status = Status(ev["status"])
-        tags = [RunTag("rungflow.status", str(status)),
-                RunTag("rungflow.iterations", str(self.logged_step.get(trial_id, 0)))]
-        for key in ("stopped_at", "rung"):
-            if ev.get(key) is not None:
-                tags.append(RunTag(f"rungflow.{key}", str(ev[key])))
-        if ev.get("error"):
-            tags.append(RunTag("rungflow.error", ev["error"].strip().splitlines()[-1][:4000]))
-            self._log_text(trial_id, "error.txt", ev["error"])
-        self._queued(run_id)["tags"].extend(tags)
-
-    def _trial_closed(self, trial_id: str, ev: Mapping[str, Any]) -> None:
-        status = Status(ev["status"])
-        if status == Status.PAUSED:
-            return
-        run_id = self.runs[trial_id]
-        ckpt = ev.get("checkpoint")
-        if ckpt and not ckpt.startswith("sim://"):
-            self._log_checkpoint(run_id, ckpt)
-        self.client.set_terminated(run_id, _MLFLOW_STATUS.get(status, "FINISHED"))
-
-    def _log_checkpoint(self, run_id: str, url: str) -> None:
-        import fsspec
-
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                local = os.path.join(d, url.rstrip("/").rsplit("/", 1)[-1])
-                with fsspec.open(url, "rb") as src, open(local, "wb") as dst:
-                    dst.write(src.read())
-                self.client.log_artifact(run_id, local, artifact_path="checkpoint")
-        except FileNotFoundError:
-            self._log_batch(run_id, tags=[RunTag("rungflow.checkpoint_missing", url)])
-        self._log_batch(run_id, tags=[RunTag("rungflow.checkpoint", url)])
-
     def log_files(self, paths: list[str], artifact_path: str) -> None:
         """Attach local files (plots) to the parent run."""
         assert self.parent_run_id is not None
@@ -446,9 +637,6 @@ class MlflowTracker:
             if "://" not in p or p.startswith("file://"):
                 self.client.log_artifact(self.parent_run_id, p.removeprefix("file://"),
                                          artifact_path=artifact_path)
-
-    def _log_text(self, trial_id: str, name: str, text: str) -> None:
-        self.client.log_text(self.runs[trial_id], text, name)
 
     def _log_batch(self, run_id: str, metrics: list[Metric] | None = None,
                    params: list[Param] | None = None, tags: list[RunTag] | None = None) -> None:
@@ -469,7 +657,8 @@ class MlflowTracker:
                 self._log_batch(self.parent_run_id, metrics=[Metric(
                     f"best_{self.metric}", float(value), int(time.time() * 1000), 0)])
         self._log_batch(self.parent_run_id, tags=tags)
-        self.client.log_dict(self.parent_run_id, self.leaderboard(), "leaderboard.json")
+        self.client.log_dict(self.parent_run_id, self.leaderboard(),  # type: ignore[arg-type]
+                             "leaderboard.json")
         self.client.set_terminated(self.parent_run_id, "FINISHED")
 
     def leaderboard(self) -> list[dict[str, Any]]:
@@ -480,7 +669,10 @@ class MlflowTracker:
     def plots_async(self, experiment_dir: str, out_dir: str) -> None:
         """Draw the plots from the journal and attach them to the parent run, in the writer:
         off the run's critical path."""
-        self._send(("plots", experiment_dir, out_dir))
+        with self._lock:
+            self._start_writer()
+            self._hand_over(block=True)
+            self._put(("plots", experiment_dir, out_dir), block=True)
 
     def _plots(self, experiment_dir: str, out_dir: str) -> None:
         from tuning.experiment import Journal, committed_events, replay
@@ -495,37 +687,117 @@ class MlflowTracker:
         self.log_files(paths, "plots")
 
 
-def _writer_main(args: tuple[Any, ...], inq: Any, outq: Any) -> None:
-    """The MLflow writer process: applies batches in order, answers each flush with its state."""
-    tracker = MlflowTracker(*args)
+class _CatchUp:
+    """The committed trial events of a journal (:func:`tuning.experiment.committed_events`),
+    slimmed, noting the seq of the last commit read: events after it are the new run's."""
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self.last_commit = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from tuning.experiment import committed_events
+
+        for ev in committed_events(self.journal.iter_events(), CATCH_UP | _COMMITS):
+            if ev["event"] in _COMMITS:
+                self.last_commit = max(self.last_commit, int(ev["seq"]))
+            else:
+                yield slim(ev)
+
+
+def replay_events(journal: Any) -> list[dict[str, Any]]:
+    """A resumed run's catch-up for MLflow, as a list: the trial events the journal committed
+    (the writer streams them itself from a journal it can read; this is for one it cannot)."""
+    return list(_CatchUp(journal))
+
+
+def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: Any) -> None:
+    """The MLflow writer: takes what is queued (up to ``drain_events`` events) and writes it
+    as one batch; answers each flush with its state."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # its own process: no "View run" line
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # (nor its get_run)
+    tracker = MlflowTracker(*args, **kwargs)
     while True:
-        msg = inq.get()
-        if msg[0] == "stop":
+        msgs = [inq.get()]
+        size = len(msgs[0][1]) if msgs[0][0] == "apply" else 0
+        while msgs[-1][0] == "apply" and size < tracker.drain_events:
+            try:
+                msgs.append(inq.get_nowait())
+            except queue.Empty:
+                break
+            size += len(msgs[-1][1]) if msgs[-1][0] == "apply" else 0
+        events: list[Any] = []
+        for msg in msgs:
+            if msg[0] == "apply":
+                events.extend(msg[1])
+                continue
+            if events:
+                tracker._handle(("apply", events))
+                events = []
+            if msg[0] == "stop":
+                if tracker.sink is not None:
+                    tracker.sink.close()
+                return
+            if msg[0] == "flush":
+                outq.put(tracker.writer_state())
+            else:
+                tracker._handle(msg)
+        if events:
+            tracker._handle(("apply", events))
+
+
+def search_children(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str,
+                    page_size: int = 10_000) -> Iterable[tuple[str, str, int]]:
+    """(trial id, run id, last step logged) of every child run, a page at a time
+    (``page_token``: no limit on their number); the last step is the step of the run's latest
+    value of ``metric`` (any metric if it has none), which the search returns with the run."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                  max_results=page_size, page_token=token)
+        for r in page:
+            tid = r.data.tags.get("rungflow.trial_id")
+            if tid is not None:
+                yield tid, r.info.run_id, _last_step(r, metric)
+        token = page.token
+        if not token:
             return
-        if msg[0] == "flush":
-            outq.put(tracker.writer_state())
-            continue
-        tracker._handle(msg)
+
+
+def _last_step(run: Any, metric: str) -> int:
+    latest = run.data.to_proto().metrics
+    steps = [m.step for m in latest if m.key == metric] or [m.step for m in latest]
+    return int(max(steps, default=0))
+
+
+def _seq(ev: Mapping[str, Any]) -> int:
+    return int(ev.get("seq") or 0)
+
+
+def _ms(t: Any) -> int:
+    return int(float(t) * 1000) if isinstance(t, (int, float)) else int(time.time() * 1000)
+
+
+def _env_int(name: str) -> int:
+    text = os.environ[name]
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}: {text!r} is not allowed; it must be an integer >= 1")
+    return value
+
+
+def _check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name}: {v!r} is not allowed; it must be an integer >= 1")
 
 
 def _param(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return s[:6000]
-
-
-def replay_events(journal: Any) -> list[dict[str, Any]]:
-    """A resumed run's catch-up for MLflow: the trial events the journal committed (up to its
-    last state snapshot), streamed from the journal."""
-    keep = {"trial_created", "result", "trial_status", "failure", "segment_started"}
-    out: list[dict[str, Any]] = []
-    pending: list[dict[str, Any]] = []
-    for ev in journal.iter_events():
-        kind = ev["event"]
-        if kind == "run_started":
-            pending.clear()
-        elif kind in ("state", "finished"):
-            out.extend(pending)
-            pending.clear()
-        elif kind in keep:
-            pending.append(ev)
-    return out
