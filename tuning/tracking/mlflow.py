@@ -14,6 +14,7 @@ what is bounded and by what).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,26 +24,25 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from tuning._trial import ITERATION, Status
 from tuning.tracking._feed import CATCH_UP, WANTED, JournalReader, slim
-from tuning.tracking._sinks import (
-    BulkWriteError,
-    ClientSink,
-    SqliteBulkSink,
-    TrialWrite,
-    fallback,
-    make_sink,
-)
+
+if TYPE_CHECKING:  # MLflow is imported by the writer only: the driver never pays for it
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from tuning.tracking._sinks import ClientSink, SqliteBulkSink, TrialWrite
 
 __all__ = ["MlflowTracker", "check_tracking_uri", "join_writers", "replay_events", "run_name",
            "use_sqlite_wal"]
 
 log = logging.getLogger("tuning.tracking")
+
+#: the writer process's niceness: on a machine whose cores train trials, the MLflow projection
+#: (its start-up imports and store migration, then ~1 ms of CPU per trial) takes what is left
+WRITER_NICENESS = 5
 
 #: writer processes still drawing plots or writing after their run returned
 _BACKGROUND: list[Any] = []
@@ -187,9 +187,7 @@ class MlflowTracker:
             raise ValueError(f"page_size: {page_size} is above MLflow's limit of {MAX_PAGE} "
                              "runs a search page")
         self.uri = tracking_uri
-        if tracking_uri.startswith("sqlite:"):
-            use_sqlite_wal()
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._client: MlflowClient | None = None
         self.experiment = experiment
         self.run_name = run_name
         self.metric, self.mode = metric, mode
@@ -223,6 +221,19 @@ class MlflowTracker:
         self._error_tb: str | None = None
         self.stats = {"batches": 0, "waited": 0, "reread": 0, "pending_peak": 0}
 
+    @property
+    def client(self) -> MlflowClient:
+        """The writer's MLflow client, made on first use: the driver, which only queues events
+        for the writer, imports no MLflow and opens no store (seconds of imports and a schema
+        migration for a new SQLite store)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            if self.uri.startswith("sqlite:"):
+                use_sqlite_wal()
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
     def _kwargs(self) -> dict[str, Any]:
         return {"threads": self.threads, "bulk": self.bulk, "page_size": self.page_size,
                 "queue_batches": self.queue_batches, "batch_events": self.batch_events,
@@ -242,6 +253,8 @@ class MlflowTracker:
             self.experiment_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+        from tuning.tracking._sinks import make_sink
+
         self.sink = make_sink(self.client, self.uri, self.threads, self.bulk)
         self.parent_run_id = parent_run_id or self._find_parent()
         if self.parent_run_id is None:
@@ -249,6 +262,8 @@ class MlflowTracker:
                 "rungflow.role": "parent", "rungflow.experiment": self.experiment,
                 "rungflow.run_name": self.run_name, **self.tags})
             self.parent_run_id = run.info.run_id
+            from mlflow.entities import Param
+
             self.client.log_batch(self.parent_run_id, params=[
                 Param(k, _param(v)) for k, v in self.parent_params.items()])
         else:
@@ -267,6 +282,8 @@ class MlflowTracker:
         """Every child run of the parent, with the last step it logged: one SQL query on a
         SQLite store, else the run search a page of ``page_size`` runs at a time (never
         ``get_metric_history`` per run)."""
+        from tuning.tracking._sinks import SqliteBulkSink
+
         assert self.parent_run_id is not None
         if isinstance(self.sink, SqliteBulkSink):
             for tid, (rid, step) in self.sink.children(self.parent_run_id, self.metric).items():
@@ -552,6 +569,8 @@ class MlflowTracker:
         w = writes.get(tid)
         if w is not None:
             return w
+        from tuning.tracking._sinks import TrialWrite
+
         w = writes[tid] = TrialWrite(tid, self.runs.get(tid))
         if w.run_id is None:
             assert self.parent_run_id is not None
@@ -570,6 +589,8 @@ class MlflowTracker:
         if step <= self.logged_step.get(trial_id, 0):
             return []  # already in MLflow (a replay after a crash)
         self.logged_step[trial_id] = step
+        from mlflow.entities import Metric
+
         ts = int(float(result.get("timestamp", time.time())) * 1000)
         return [Metric(k, float(v), ts, step) for k, v in result.items()
                 if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -598,6 +619,8 @@ class MlflowTracker:
     def _write(self, writes: list[TrialWrite]) -> None:
         if not writes:
             return
+        from tuning.tracking._sinks import BulkWriteError, fallback
+
         assert self.sink is not None and self.experiment_id is not None
         try:
             try:
@@ -645,6 +668,8 @@ class MlflowTracker:
     # -- the end ---------------------------------------------------------------------------
     def finish(self, event: Mapping[str, Any]) -> None:
         """Tag the best trial, write the leaderboard on the parent, end the parent run."""
+        from mlflow.entities import Metric, RunTag
+
         best = event.get("best_trial")
         assert self.parent_run_id is not None
         tags = [RunTag("rungflow.finished_reason", str(event.get("reason")))]
@@ -718,6 +743,8 @@ def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: 
 
     if multiprocessing.parent_process() is not None:  # its own process: no "View run" line
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # (nor its get_run)
+        with contextlib.suppress(OSError, AttributeError):  # a projection: trials go first
+            os.nice(WRITER_NICENESS)
     tracker = MlflowTracker(*args, **kwargs)
     while True:
         msgs = [inq.get()]
