@@ -320,3 +320,22 @@ def test_catch_up_is_what_replay_counts_and_rereads_go_forward(tmp_path):
     assert list(reader.events(11, 99)) == []  # stops before a line still being written
     assert "note" not in slim(
         {"event": "result", "seq": 1, "result": {"note": "x", "a": 1}})["result"]
+
+
+def test_a_new_sqlite_store_is_copied_from_a_migrated_template(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from tuning.tracking.mlflow import new_sqlite_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "m.db", tmp_path / "b" / "m.db"
+    assert new_sqlite_store(f"sqlite:///{first}")  # builds the template, then copies it
+    templates = list((tmp_path / "cache" / "rungflow").glob("mlflow-*-empty.db"))
+    assert len(templates) == 1 and not list(templates[0].parent.glob("*.tmp"))
+    assert new_sqlite_store(f"sqlite:///{second}")
+    assert not new_sqlite_store(f"sqlite:///{second}")  # an existing store is left alone
+    for db in (first, second):  # each a working, separate store at MLflow's schema
+        c = MlflowClient(tracking_uri=f"sqlite:///{db}")
+        run = c.create_run(c.create_experiment(f"exp-{db.parent.name}"))
+        c.log_metric(run.info.run_id, "m", 1.0)
+        assert [e.name for e in c.search_experiments()] == [f"exp-{db.parent.name}", "Default"]
