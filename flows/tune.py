@@ -68,8 +68,9 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
             evaluate_rungs(ctl)
             progress.update(ctl)
         live.notify(ctl, force=True)
-        ctl.backend.shutdown()  # the cluster goes before the summary: nothing runs on it now
+        ctl.backend.begin_close()  # nothing runs on the cluster now: it goes meanwhile
         summary = summarize(ctl, tracker, s.tensorboard)
+        ctl.backend.shutdown()
     if comp is not None:  # in-process (Tuner.run): the result from memory, no journal re-read
         comp.extra["final_state"] = ctl.final_state()
     ctl.raise_if_aborted()

@@ -81,6 +81,7 @@ class Backend:
     #: a virtual clock (the simulated backend): time is the backend's, not the wall's
     virtual_clock: bool = False
     _starting: tuple[threading.Thread, dict[str, BaseException]] | None = None
+    _closing: threading.Thread | None = None
 
     def preflight(self) -> None:
         """What can be checked before anything starts or is written (an existing cluster's
@@ -118,10 +119,25 @@ class Backend:
             raise box["error"]
 
     def shutdown(self) -> None:
-        """:meth:`close`, once a background start has got as far as it will."""
+        """:meth:`close`, once a background start has got as far as it will (and wait for a
+        close begun by :meth:`begin_close`)."""
+        if self._closing is not None:
+            self._closing.join()
+            return
+        self._close_after_start()
+
+    def _close_after_start(self) -> None:
         if self._starting is not None:
             self._starting[0].join()
         self.close()
+
+    def begin_close(self) -> None:
+        """Close in the background (workers take a second to go) while the caller finishes
+        up; :meth:`shutdown` waits for it."""
+        if self._closing is None:
+            self._closing = threading.Thread(target=self._close_after_start, daemon=True,
+                                             name=f"rungflow-{self.name}-close")
+            self._closing.start()
 
     def prepare(self, trainable: Callable[..., Any]) -> None:
         """Called once, before the first submit, with the trainable: ship it to the workers."""
