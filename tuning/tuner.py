@@ -36,7 +36,7 @@ __all__ = ["Tuner", "component_spec"]
 
 _SCHEDULER_NAMES = {"FIFO": "fifo", "ASHA": "asha", "HyperBand": "hyperband",
                     "MedianStopping": "median", "MedianStoppingRule": "median", "PBT": "pbt",
-                    "BOHB": "bohb"}
+                    "BOHB": "bohb", "MOASHA": "moasha"}
 _SEARCHER_NAMES = {"RandomSearch": "random", "GridSearch": "grid", "OptunaSearch": "optuna"}
 
 

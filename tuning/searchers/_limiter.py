@@ -48,6 +48,9 @@ class ConcurrencyLimiter(Searcher):
         super().setup(space, metric, mode, rng, num_samples)
         self.searcher.setup(space, metric, mode, rng, num_samples)
 
+    def set_constraints(self, constraints: Mapping[str, Any]) -> None:
+        self.searcher.set_constraints(constraints)
+
     def settings(self) -> dict[str, Any]:
         return {**self.searcher.settings(), "max_concurrent": self.max_concurrent}
 
