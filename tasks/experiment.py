@@ -25,7 +25,8 @@ def open_experiment_task(spec: ExperimentSpec, components: Components | None,
     check_tracking_uri(uri)
     ctl = open_experiment(spec, components, resume=resume)
     tracker = MlflowTracker(uri, ctl.name, spec.run_name or spec.name, ctl.metric, ctl.mode,
-                            params, spec.tags)
+                            params, spec.tags,
+                            None if ctl.objective.plain else ctl.objective.to_dict())
     catch_up = replay_events(ctl.journal) if ctl.replayed is not None else []
     tracker.open_async(None, catch_up, {tid: dict(t.config) for tid, t in ctl.trials.items()})
     ctl.journal.on_durable = tracker.apply_async

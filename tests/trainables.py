@@ -70,6 +70,11 @@ from tuning.backends.simulated import CrossingCurves
 
 SIM = CrossingCurves(max_t=9)
 
+from tuning.backends.tradeoff import TradeoffCurves  # noqa: E402
+
+#: accuracy (max) against latency_ms (min), 9 iterations, on the simulated backend
+SIM_MO = TradeoffCurves(max_t=9)
+
 
 def marked(config):
     """Like the acceptance check's trainable: a mark file per iteration names the worker's pid."""

@@ -327,7 +327,7 @@ class Selection:
         _known_metric(metric, known, "select")
         want = objective.mode_of(metric)
         if want is not None and want != mode:
-            raise ValueError(f"select: {mode!r} {metric} goes against the experiment's mode "
+            raise ValueError(f"select: '{mode} {metric}' goes against the experiment's mode "
                              f"{want!r} for {metric}")
         conds = []
         for part in re.split(r"\s+and\s+", rest) if rest else []:

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tuning.backends import BACKEND_TYPES
 from tuning.space import Domain, SampleFrom, Space
@@ -146,12 +153,13 @@ class ExperimentSpec(BaseModel):
 
     @field_validator("mode", mode="before")
     @classmethod
-    def _check_mode(cls, v: Any) -> Any:
+    def _check_mode(cls, v: Any, info: ValidationInfo) -> Any:
         if isinstance(v, (list, tuple)):
             bad = [x for x in v if x not in ("min", "max")]
             if not v or bad:
                 raise ValueError(f"mode: each value must be 'min' or 'max', got {v!r}")
-            return v[0] if len(v) == 1 else list(v)
+            one = len(v) == 1 and isinstance(info.data.get("metric"), str)
+            return v[0] if one else list(v)
         if v not in ("min", "max"):
             raise ValueError(f"mode: must be 'min' or 'max' (a list of them for several "
                              f"metrics), got {v!r}")
