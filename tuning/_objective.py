@@ -32,10 +32,10 @@ from tuning._pareto import front_indices
 
 __all__ = [
     "MODES",
-    "bind_objective",
     "MultiObjectiveError",
     "Objective",
     "Selection",
+    "bind_objective",
     "number_or_nan",
 ]
 
@@ -79,8 +79,8 @@ def _modes(value: Any, metrics: tuple[str, ...]) -> tuple[str, ...]:
                          f"list of {n} values, each 'min' or 'max', got {value!r}")
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
-        raise ValueError(f"mode: must be 'min' or 'max' (a list of them for several metrics), "
-                         f"got {value!r}")
+        raise ValueError(f"mode: must be 'min' or 'max' (a list of them for several "  # noqa: TRY004
+                         f"metrics), got {value!r}")
     if len(items) != n:
         raise ValueError(f"mode: {len(items)} value(s) {list(items)} for {n} metric(s) "
                          f"{list(metrics)}; give one mode per metric, each 'min' or 'max'")
@@ -313,11 +313,12 @@ class Selection:
 <metric> [s.t. <metric> <=|>=|<|> <number> [and ...]]', e.g. 'max acc s.t. ms <= 20'
         """
         if not isinstance(select, str):
-            raise ValueError(f"select: must be a string such as 'max accuracy s.t. latency_ms "
-                             f"<= 20', got {select!r}")
-        example = f"{'max' if objective.primary_mode == 'max' else 'min'} {objective.primary}"
+            raise ValueError(f"select: must be a string such as 'max accuracy s.t. "  # noqa: TRY004
+                             f"latency_ms <= 20', got {select!r}")
+        example = f"{objective.primary_mode} {objective.primary}"
         if len(objective.metrics) > 1:
-            example += f" s.t. {objective.metrics[1]} {'<=' if objective.modes[1] == 'min' else '>='} 20"
+            op = "<=" if objective.modes[1] == "min" else ">="
+            example += f" s.t. {objective.metrics[1]} {op} 20"
         m = _SELECT.match(select)
         if m is None:
             raise ValueError(f"select: cannot read {select!r}; the form is 'max|min <metric> "
@@ -408,7 +409,7 @@ maximised)
             for m, w in self.weights.items():
                 total += w * number_or_nan(r.get(m)) if w else 0.0
             return total if math.isfinite(total) else math.nan
-        v = number_or_nan(r.get(self.metric))
+        v = number_or_nan(r.get(self.metric or ""))
         return v if self.mode == "max" else -v
 
     def pick(self, trials: Iterable[Any], objective: Objective) -> Any | None:

@@ -238,9 +238,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for t in res.trials:
         counts[str(t.status)] = counts.get(str(t.status), 0) + 1
     if args.json:
-        summary = {"name": res.name, "path": res.path, "status": status, "trials": counts}
+        summary: dict[str, Any] = {"name": res.name, "path": res.path, "status": status,
+                                   "trials": counts}
         if res.multi_objective and res.selection is None:
-            summary["pareto_front"] = len(res.objective.front(res.trials))
+            summary["pareto_front"] = len(_objective(res).front(res.trials))
         else:
             summary["best_metric"] = res.best_metric
         print(json.dumps(summary))
@@ -250,6 +251,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if status == "interrupted":
             print(f"continue with: rungflow resume {res.path}")
     return 0
+
+
+def _objective(res: Any) -> Any:
+    """The run's :class:`~tuning._objective.Objective` (one metric for an old journal)."""
+    assert res.objective is not None
+    return res.objective
 
 
 def _front_text(df: Any) -> str:
@@ -268,7 +275,7 @@ def _weights(text: str | None) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--weights: not JSON ({exc.msg}), got {text!r}") from None
     if not isinstance(out, dict):
-        raise ValueError(f"--weights: a JSON object metric -> number, got {text!r}")
+        raise ValueError(f"--weights: a JSON object metric -> number, got {text!r}")  # noqa: TRY004
     return out
 
 
@@ -277,15 +284,15 @@ def cmd_best(args: argparse.Namespace) -> int:
     from tuning.results import FINISHED, load_result
 
     res = load_result(args.path)
+    obj = _objective(res)
     weights = _weights(args.weights)
     if args.select is not None or weights is not None:
-        res.selection = Selection.build(res.objective, args.select, weights)
+        res.selection = Selection.build(obj, args.select, weights)
     if res.multi_objective and res.selection is None:
         return _print_front(res, args.json)
     best = res.best_finished_trial
     if res.selection is not None:
-        best = res.selection.pick([t for t in res.trials if t.status in FINISHED],
-                                  res.objective)
+        best = res.selection.pick([t for t in res.trials if t.status in FINISHED], obj)
     if best is None:
         counts: dict[str, int] = {}
         for t in res.trials:
@@ -296,9 +303,9 @@ def cmd_best(args: argparse.Namespace) -> int:
         return 1
     out = {"trial_id": best.trial_id, res.metric: res.best_metric, "config": best.config,
            "checkpoint": best.checkpoint, "iterations": best.iteration}
-    if not res.objective.plain:
+    if not obj.plain:
         last = best.last_result or {}
-        out = {"trial_id": best.trial_id, **{m: last.get(m) for m in res.objective.reported},
+        out = {"trial_id": best.trial_id, **{m: last.get(m) for m in obj.reported},
                "config": best.config, "checkpoint": best.checkpoint,
                "iterations": best.iteration}
         if res.selection is not None:
@@ -337,7 +344,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if len(dirs) > 1:  # a storage path: list the runs
         for d in dirs:
             r = load_result(d)
-            best = (f"front={len(r.objective.front(r.trials))}" if r.multi_objective and
+            best = (f"front={len(_objective(r).front(r.trials))}" if r.multi_objective and
                     r.selection is None else f"best={r.best_metric}")
             print(f"{r.name}\t{_status_of(r)}\t{len(r.trials)} trials\t{best}\t{d}")
         return 0

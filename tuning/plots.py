@@ -564,40 +564,51 @@ _FRONT = "#D55E00"  # vermilion
 def pareto_plot(trials: Any, objective: Any, path: str) -> str:
     """Every trial at its last reported values of the first two metrics: feasible trials as
     blue dots, infeasible ones (a constraint broken) as grey crosses, the Pareto front as
-    vermilion dots joined by its attainment staircase, constraint bounds as dashed lines.
+    vermilion dots joined by the boundary of the region it dominates, constraint bounds on
+    those two metrics as dashed lines.
 
     ``objective`` is a :class:`~tuning._objective.Objective` with at least two metrics (with
     more, the front is the one in all of them, drawn in the first two).
     """
+    fig = Figure(figsize=(8, 6), dpi=_DPI, layout="constrained")
+    _draw_pareto(fig.add_subplot(), trials, objective)
+    return _save(fig, path)
+
+
+def _draw_pareto(ax: Axes, trials: Any, objective: Any) -> dict[str, list[str]]:
+    """Draw :func:`pareto_plot` on ``ax``; returns the trial ids drawn as ``feasible``,
+    ``infeasible`` and ``front``."""
     ts = [t for t in _trials(trials) if t.last_result is not None]
     m0, m1 = objective.metrics[0], objective.metrics[1]
-    fig = Figure(figsize=(8, 6), dpi=_DPI, layout="constrained")
-    ax = fig.add_subplot()
     pts = [(t, objective.values(t.last_result)) for t in ts]
     pts = [(t, v) for t, v in pts if all(math.isfinite(x) for x in v[:2])]
     front = {t.trial_id for t in objective.front(t for t, _ in pts)}
-    feas = [v for t, v in pts if objective.is_feasible(t.last_result) and t.trial_id not in front]
-    infeas = [v for t, v in pts if not objective.is_feasible(t.last_result)]
-    best = [v for t, v in pts if t.trial_id in front]
+    groups: dict[str, list[tuple[Trial, tuple[float, ...]]]] = {
+        "feasible": [(t, v) for t, v in pts if t.trial_id not in front
+                     and objective.is_feasible(t.last_result)],
+        "infeasible": [(t, v) for t, v in pts if not objective.is_feasible(t.last_result)],
+        "front": [(t, v) for t, v in pts if t.trial_id in front]}
     if not pts:
         _empty(ax, f"no trial has reported {m0!r} and {m1!r} yet")
-    if feas:
-        ax.scatter([v[0] for v in feas], [v[1] for v in feas], s=22, color=_FEASIBLE,
-                   alpha=0.6, label=f"feasible ({len(feas)})")
-    if infeas:
-        ax.scatter([v[0] for v in infeas], [v[1] for v in infeas], s=26, color=_INFEASIBLE,
-                   marker="x", label=f"infeasible ({len(infeas)})")
-    if best:
-        _draw_front(ax, best, objective.modes[0])
+    style = {"feasible": {"s": 22, "color": _FEASIBLE, "alpha": 0.6},
+             "infeasible": {"s": 26, "color": _INFEASIBLE, "marker": "x"}}
+    for name, kw in style.items():
+        g = groups[name]
+        if g:
+            ax.scatter([v[0] for _, v in g], [v[1] for _, v in g], label=f"{name} ({len(g)})",
+                       **kw)  # type: ignore[arg-type]
+    if groups["front"]:
+        _draw_front(ax, [v for _, v in groups["front"]], objective.modes[0])
     _draw_bounds(ax, objective, m0, m1)
     ax.set_xlabel(f"{m0} ({objective.modes[0]})")
     ax.set_ylabel(f"{m1} ({objective.modes[1]})")
     more = "" if len(objective.metrics) == 2 else f" (front in all {len(objective.metrics)} metrics)"
-    ax.set_title(f"Pareto front{more}: {len(best)} of {len(pts)} trials")
+    ax.set_title(f"Pareto front{more}: {len(front)} of {len(pts)} trials, "
+                 f"{len(groups['infeasible'])} infeasible")
     ax.grid(True, alpha=0.3)
     if pts:
         ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return {k: [t.trial_id for t, _ in g] for k, g in groups.items()}
 
 
 def _draw_front(ax: Axes, front: Sequence[Sequence[float]], mode0: str) -> None:

@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tuning.searchers import FINISHED, ConcurrencyLimiter, OptunaSearch, make_searcher
-from tuning.searchers import _optuna
+from tuning.searchers import FINISHED, ConcurrencyLimiter, OptunaSearch, _optuna, make_searcher
 from tuning.space import Space, uniform
 
 SPACE = {"x": uniform(0, 1)}

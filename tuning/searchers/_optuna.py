@@ -226,7 +226,7 @@ class OptunaSearch(Searcher):
         if isinstance(metric, str) and not metric:
             raise ValueError(f"metric must be a non-empty string, got {metric!r}")
         if not isinstance(metric, (str, list, tuple)):
-            raise ValueError(f"metric must be a non-empty string, got {metric!r}")
+            raise ValueError(f"metric must be a non-empty string, got {metric!r}")  # noqa: TRY004
         self.objective = Objective.build(metric, mode)
         if self._sampler_instance is None:
             check_sampler_objective(self.sampler_name, self.objective)
@@ -347,7 +347,8 @@ class OptunaSearch(Searcher):
                 return
             if isinstance(told, dict) and self._constrained:
                 self._tell_constraints(number, [float(c) for c in told["constraints"]])
-            self.study.tell(number, values if self._multi else values[0])
+            finite = [float(v) for v in values if v is not None]
+            self.study.tell(number, finite if self._multi else finite[0])
 
     def _tell_constraints(self, number: int, values: list[float]) -> None:
         """The trial's constraint values (``<= 0``: satisfied), before it is told: through
