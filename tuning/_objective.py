@@ -396,6 +396,22 @@ maximised)
             text += " s.t. " + " and ".join(f"{m} {op} {v:g}" for m, op, v in self.conditions)
         return text
 
+    def unmet(self, result: Mapping[str, Any] | None) -> list[str]:
+        """The conditions ``result`` breaks, in words (``latency_ms=12.3, not <= 10``); a
+        missing or non-finite value breaks its condition."""
+        r = result or {}
+        out = []
+        for m, op, bound in self.conditions:
+            v = number_or_nan(r.get(m))
+            if not math.isfinite(v) or not _OPS[op](v, bound):
+                out.append(f"{m}={v:.6g}, not {op} {bound:g}")
+        return out
+
+    def needs(self) -> list[str]:
+        """The metrics a result must carry for :meth:`score`."""
+        names = list(self.weights) if self.weights is not None else [self.metric or ""]
+        return names + [m for m, _, _ in self.conditions if m not in names]
+
     def score(self, result: Mapping[str, Any] | None) -> float:
         """Larger is better; NaN when the trial does not qualify (a condition fails, a value
         is missing)."""
