@@ -142,7 +142,11 @@ def test_nsga2_and_moasha_together(tmp_path) -> None:
                constraints=LIMIT).run()
     told = searcher.study.get_trials()
     assert len(told) == 24 and all(len(t.values) == 2 for t in told if t.values)
-    assert {t.state.name for t in told} == {"COMPLETE"}
+    # a trial stopped before max_t is told PRUNED: its values were measured on a smaller budget
+    full = {int(tid.rsplit("-", 1)[1]) for tid, t in ctl.trials.items() if t.iteration == 27}
+    assert full and {t.number for t in told if t.state.name == "COMPLETE"} == full
+    assert {t.state.name for t in told if t.number not in full} == {"PRUNED"}
+    # constraints are told with pruned trials too: the sampler learns what is infeasible
     assert ctl.iterations_total < 24 * 27 / 2
     assert any(t.constraints and max(t.constraints.values()) > 0 for t in told)
 

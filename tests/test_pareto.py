@@ -130,3 +130,51 @@ def test_hypervolume_grows_with_a_dominating_point() -> None:
     assert hypervolume_2d(base + [(0.4, -20.0)], ref) == hv  # a dominated one adds nothing
     for a, b in itertools.permutations(base + [(0.6, -12.0)], 2):
         assert hypervolume_2d([a, b], ref) == hypervolume_2d([b, a], ref)
+
+
+def _reference_rank(pts, viol):
+    """rank_order written out plainly: brute-force fronts, NSGA-II crowding by its formula."""
+    nan = [i for i, p in enumerate(pts) if any(math.isnan(x) for x in p)]
+    feas = [i for i in range(len(pts)) if i not in nan and viol[i] == 0]
+    infeas = sorted((i for i in range(len(pts)) if i not in nan and viol[i] > 0),
+                    key=lambda i: (viol[i], i))
+    fronts = _brute_fronts([pts[i] for i in feas])
+    out = []
+    for f in sorted(set(fronts)):
+        members = [i for i, fi in zip(feas, fronts) if fi == f]
+        crowd = {i: 0.0 for i in members}
+        for j in range(len(pts[0])):
+            srt = sorted(members, key=lambda i: (pts[i][j], i))
+            lo, hi = pts[srt[0]][j], pts[srt[-1]][j]
+            if hi == lo:
+                continue
+            for a in range(1, len(srt) - 1):
+                crowd[srt[a]] += (pts[srt[a + 1]][j] - pts[srt[a - 1]][j]) / (hi - lo)
+            crowd[srt[0]] = crowd[srt[-1]] = math.inf
+        out += sorted(members, key=lambda i: (-crowd[i], -pts[i][0], i))
+    return out + infeas + nan
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rank_order_matches_a_plain_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 80
+    pts = [tuple(float(x) for x in p) for p in rng.integers(0, 8, size=(n, 2 + seed % 2))]
+    pts[3] = (float("nan"),) + pts[3][1:]
+    viol = [float(v) if v > 6 else 0.0 for v in rng.integers(0, 9, size=n)]
+    assert rank_order(pts, viol) == _reference_rank(pts, viol)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_position_is_the_place_in_rank_order(seed: int) -> None:
+    from tuning._pareto import rank_position
+
+    rng = np.random.default_rng(seed)
+    n = 60 if seed < 2 else 400  # small fronts (plain crowding) and large ones (numpy)
+    pts = [tuple(float(x) for x in p) for p in rng.uniform(0, 1, size=(n, 2))]
+    if seed == 3:
+        pts = [(x, 1.0 - x) for x, _ in pts]  # one big front
+    viol = [0.0 if v > 0.2 else float(v) + 0.1 for v in rng.uniform(size=n)]
+    order = rank_order(pts, viol)
+    assert [rank_position(pts, viol, i) for i in range(0, n, 7)] == \
+        [order.index(i) for i in range(0, n, 7)]

@@ -456,8 +456,9 @@ def bind_objective(objective: Objective, scheduler: Any, searcher: Any, space: A
                    scheduler_rng: Any, searcher_rng: Any, num_samples: int) -> None:
     """Give the scheduler and the searcher the experiment's objective, as the controller does
     before the first trial: ``set_objective``, ``set_search_space``, ``setup`` (metric and mode
-    as strings for one metric, as lists for several) and, with constraints, the scheduler's
-    ``constraints=`` and the searcher's ``set_constraints``."""
+    as strings for one metric, as lists for several), with constraints the scheduler's
+    ``constraints=`` and the searcher's ``set_constraints``, and, with several metrics and a
+    scheduler that has a ``max_t``, the searcher's ``set_fidelity`` (one metric: unchanged)."""
     metric: Any = objective.primary if not objective.multi else list(objective.metrics)
     mode: Any = objective.primary_mode if not objective.multi else list(objective.modes)
     bounds = objective.to_dict()["constraints"]
@@ -469,3 +470,6 @@ def bind_objective(objective: Objective, scheduler: Any, searcher: Any, space: A
     searcher.setup(space, metric, mode, searcher_rng, num_samples)
     if bounds:
         searcher.set_constraints(bounds)
+    max_t = getattr(scheduler, "max_t", None)
+    if objective.multi and isinstance(max_t, (int, float)):
+        searcher.set_fidelity(scheduler.time_attr, float(max_t))

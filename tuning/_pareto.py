@@ -11,7 +11,8 @@ Complexity, for ``n`` points with ``m`` objectives:
   a binary search over the fronts' last second-objective value, Jensen 2003); ``O(m n^2)``
   otherwise (Deb et al. 2002's fast non-dominated sort).
 * :func:`crowding_distance`: ``O(m n log n)`` (one sort per objective).
-* :func:`rank_order`: the two above, ``O(n log n)`` in 2-D.
+* :func:`rank_order`: the two above, ``O(n log n)`` in 2-D; :func:`rank_position` (one
+  point's place in it) the sort and one front's crowding distance.
 * :func:`hypervolume_2d`: ``O(n log n)``.
 
 Example:
@@ -27,6 +28,8 @@ import bisect
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 __all__ = [
     "crowding_distance",
     "dominates",
@@ -34,6 +37,7 @@ __all__ = [
     "hypervolume_2d",
     "non_dominated_sort",
     "rank_order",
+    "rank_position",
 ]
 
 Point = Sequence[float]
@@ -86,21 +90,21 @@ def _sort_2d(points: Sequence[Point]) -> list[int]:
     """Points by the first objective (best first, ties by the second); each joins the first
     front whose last point does not dominate it. Fronts' last second-objective values never
     increase with the front index, so the front is found by binary search."""
-    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    a = np.asarray(points, dtype=float)
+    order = np.lexsort((-a[:, 1], -a[:, 0]))
     last_f2: list[float] = []  # negated, so that the list is ascending for bisect
     last: list[tuple[float, float]] = []
     out = [0] * len(points)
-    for i in order:
-        p = (float(points[i][0]), float(points[i][1]))
-        k = bisect.bisect_right(last_f2, -p[1])  # first front whose last f2 < p's f2
-        if k > 0 and last[k - 1] == p:  # an equal point is not dominated by it
+    for i, x, y in zip(order.tolist(), a[order, 0].tolist(), a[order, 1].tolist()):
+        k = bisect.bisect_right(last_f2, -y)  # first front whose last f2 < p's f2
+        if k > 0 and last[k - 1] == (x, y):  # an equal point is not dominated by it
             k -= 1
         if k == len(last):
-            last.append(p)
-            last_f2.append(-p[1])
+            last.append((x, y))
+            last_f2.append(-y)
         else:
-            last[k] = p
-            last_f2[k] = -p[1]
+            last[k] = (x, y)
+            last_f2[k] = -y
         out[i] = k
     return out
 
@@ -143,22 +147,70 @@ def crowding_distance(points: Sequence[Point]) -> list[float]:
         >>> [round(d, 3) for d in crowding_distance([(1, 4), (2, 3), (4, 1), (3, 2)])]
         [inf, 1.333, inf, 1.333]
     """
-    n = len(points)
-    if n == 0:
+    if len(points) == 0:
         return []
-    dist = [0.0] * n
-    for j in range(len(points[0])):
-        order = sorted(range(n), key=lambda i: (points[i][j], i))
-        lo, hi = float(points[order[0]][j]), float(points[order[-1]][j])
+    return _crowding(np.asarray(points, dtype=float)).tolist()
+
+
+def _crowding(a: np.ndarray) -> np.ndarray:
+    n = a.shape[0]
+    if n <= _SMALL:
+        return np.asarray(_crowding_small(a.tolist()))
+    dist = np.zeros(n)
+    for j in range(a.shape[1]):
+        order = np.argsort(a[:, j], kind="stable")  # ties by index
+        col = a[order, j]
+        lo, hi = col[0], col[-1]
         if hi == lo:
             continue
+        if n > 2:
+            dist[order[1:-1]] += (col[2:] - col[:-2]) / (hi - lo)
         dist[order[0]] = dist[order[-1]] = math.inf
-        for a in range(1, n - 1):
-            i = order[a]
-            if not math.isinf(dist[i]):
-                dist[i] += (float(points[order[a + 1]][j]) - float(points[order[a - 1]][j])) \
-                    / (hi - lo)
     return dist
+
+
+#: fronts up to this size get the plain-Python crowding distance (numpy's call overhead
+#: dominates below it); the same float operations in the same order either way
+_SMALL = 24
+
+
+def _crowding_small(pts: list[list[float]]) -> list[float]:
+    n = len(pts)
+    dist = [0.0] * n
+    for j in range(len(pts[0])):
+        order = sorted(range(n), key=lambda i: (pts[i][j], i))
+        lo, hi = pts[order[0]][j], pts[order[-1]][j]
+        if hi == lo:
+            continue
+        for a in range(1, n - 1):
+            dist[order[a]] += (pts[order[a + 1]][j] - pts[order[a - 1]][j]) / (hi - lo)
+        dist[order[0]] = dist[order[-1]] = math.inf
+    return dist
+
+
+def rank_position(points: Sequence[Point], violations: Sequence[float], index: int) -> int:
+    """Where point ``index`` stands in :func:`rank_order` (0: first), computing only what that
+    needs: the fronts of the feasible points and the crowding distance of its own front.
+
+    Example:
+        >>> pts = [(1, 3), (2, 2), (3, 1), (1, 1)]
+        >>> [rank_position(pts, [0, 0, 0, 0], i) for i in range(4)]
+        [1, 2, 0, 3]
+    """
+    a = np.asarray(points, dtype=float).reshape(len(points), -1)
+    viol = np.asarray(violations, dtype=float)
+    if np.isnan(a[index]).any() or viol[index] > 0:
+        return rank_order(points, violations).index(index)
+    feasible = np.flatnonzero(~np.isnan(a).any(axis=1) & ~(viol > 0))
+    fronts = np.asarray(non_dominated_sort(a[feasible].tolist()))
+    me = int(np.searchsorted(feasible, index))
+    ahead = int((fronts < fronts[me]).sum())
+    members = feasible[fronts == fronts[me]]
+    if members.size == 1:
+        return ahead
+    crowd = _crowding(a[members])
+    order = members[np.lexsort((members, -a[members, 0], -crowd))]
+    return ahead + int(np.flatnonzero(order == index)[0])
 
 
 def rank_order(points: Sequence[Point], violations: Sequence[float] | None = None) -> list[int]:
@@ -177,25 +229,26 @@ def rank_order(points: Sequence[Point], violations: Sequence[float] | None = Non
         [2, 0, 1]
     """
     n = len(points)
-    viol = list(violations) if violations is not None else [0.0] * n
-    if len(viol) != n:
+    if n == 0:
+        return []
+    a = np.asarray(points, dtype=float).reshape(n, -1)
+    viol = np.zeros(n) if violations is None else np.asarray(violations, dtype=float)
+    if viol.shape != (n,):
         raise ValueError("rank_order: one violation per point")
-    nan = [i for i in range(n) if any(math.isnan(float(x)) for x in points[i])]
-    bad = set(nan)
-    infeasible = sorted((i for i in range(n) if i not in bad and viol[i] > 0),
-                        key=lambda i: (viol[i], i))
-    feasible = [i for i in range(n) if i not in bad and not viol[i] > 0]
-    fronts = non_dominated_sort([points[i] for i in feasible])
-    by_front: dict[int, list[int]] = {}
-    for i, f in zip(feasible, fronts):
-        by_front.setdefault(f, []).append(i)
+    nan = np.isnan(a).any(axis=1)
+    bad = ~nan & (viol > 0)
+    infeasible = np.flatnonzero(bad)
+    infeasible = infeasible[np.lexsort((infeasible, viol[infeasible]))]
+    feasible = np.flatnonzero(~nan & ~bad)
     out: list[int] = []
-    for f in sorted(by_front):
-        members = by_front[f]
-        crowd = crowding_distance([points[i] for i in members])
-        out.extend(i for _, i in sorted(zip(crowd, members),
-                                        key=lambda ci: (-ci[0], -points[ci[1]][0], ci[1])))
-    return out + infeasible + nan
+    if feasible.size:
+        fronts = np.asarray(non_dominated_sort(a[feasible].tolist()))
+        by_front = np.argsort(fronts, kind="stable")
+        starts = np.flatnonzero(np.diff(fronts[by_front], prepend=-1))
+        for members in np.split(feasible[by_front], starts[1:]):
+            crowd = _crowding(a[members])
+            out.extend(members[np.lexsort((members, -a[members, 0], -crowd))].tolist())
+    return out + infeasible.tolist() + np.flatnonzero(nan).tolist()
 
 
 def front_indices(points: Sequence[Point], feasible: Sequence[bool] | None = None) -> list[int]:

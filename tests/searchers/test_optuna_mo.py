@@ -132,3 +132,22 @@ def test_samplers_that_optimise_one_metric_are_refused() -> None:
                                          r"with metric \['acc', 'ms'\] use one of gp, nsga2"):
         OptunaSearch("cmaes").setup(Space(SPACE), METRICS, MODES, np.random.default_rng(0), 2)
     assert isinstance(make_searcher("optuna", sampler="nsga3"), OptunaSearch)
+
+
+def test_trials_stopped_before_max_t_are_told_pruned_with_their_constraints() -> None:
+    s = OptunaSearch("tpe")
+    s.setup(Space(SPACE), METRICS, MODES, np.random.default_rng(0), 3)
+    s.set_constraints(LIMIT)
+    s.set_fidelity("training_iteration", 9)
+    for i, it in enumerate([3, 9]):
+        cfg = s.suggest(f"t{i}")
+        s.on_trial_complete(f"t{i}", {**measure(cfg), "training_iteration": it})
+    pruned, full = s.study.get_trials()
+    assert (pruned.state.name, full.state.name) == ("PRUNED", "COMPLETE")
+    assert pruned.values is None and list(pruned.constraints) == ["ms.max"]
+    one = OptunaSearch("tpe")  # one metric: the last value is told, as before
+    one.setup(Space(SPACE), "acc", "max", np.random.default_rng(0), 1)
+    one.set_fidelity("training_iteration", 9)
+    cfg = one.suggest("a")
+    one.on_trial_complete("a", {**measure(cfg), "training_iteration": 3})
+    assert one.study.get_trials()[0].state.name == "COMPLETE"

@@ -7,7 +7,9 @@ Config: ``width`` (uniform 0..1: the model's size), ``lr`` (log-uniform, best at
 
 * ``accuracy = final * (1 - exp(-progress)) + N(0, noise)``, ``progress`` the sum of
   ``rate(lr) = 0.1 (lr / 1e-3) ** 0.7`` over the iterations so far (a larger ``lr`` learns
-  faster: early rankings mislead for a few iterations, as in :class:`RealisticCurves`);
+  faster: early rankings mislead for a few iterations, as in
+  :class:`~tuning.backends.simulated.RealisticCurves`); with ``crossing=False`` the rate is
+  0.1 for every config, so curves never cross and early rankings hold (up to the noise);
   ``final = capacity(width) - c (log10(lr) + 2) ** 2 - 0.15 (momentum - 0.7) ** 2`` with
   ``c = 0.15`` above the best ``lr`` and ``0.03`` below, and
   ``capacity(width) = 0.70 + 0.25 (1 - (1 - width) ** 2)`` (0.70 .. 0.95);
@@ -60,6 +62,7 @@ class TradeoffCurves(SimulatedTrainable):
     max_t: int = 81
     cost_s: float = 1.0
     noise: float = 0.005
+    crossing: bool = True
 
     def init(self, config: dict[str, Any]) -> dict[str, Any]:
         return {"progress": 0.0}
@@ -71,6 +74,8 @@ class TradeoffCurves(SimulatedTrainable):
             - 0.15 * (mom - 0.7) ** 2
 
     def rate(self, config: dict[str, Any]) -> float:
+        if not self.crossing:
+            return 0.1
         return 0.1 * (float(config.get("lr", 1e-2)) / 1e-3) ** 0.7
 
     def latency(self, config: dict[str, Any]) -> float:

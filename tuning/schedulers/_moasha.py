@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuning._objective import Objective
-from tuning._pareto import rank_order
+from tuning._pareto import rank_order, rank_position
 from tuning._trial import TERMINAL, Status, Trial
 from tuning.schedulers._asha import ASHA
 from tuning.schedulers._base import Decision, Scheduler
@@ -71,8 +71,8 @@ def moasha_continues(point: Point, violation: float, recorded: Iterable[tuple[Po
         return False
     rec = list(recorded)
     points = [p for p, _ in rec] + [point]
-    order = rank_order(points, [v for _, v in rec] + [violation])
-    return order.index(len(rec)) < math.ceil(len(points) / reduction_factor)
+    where = rank_position(points, [v for _, v in rec] + [violation], len(rec))
+    return where < math.ceil(len(points) / reduction_factor)
 
 
 def moasha_promotable(rung: Mapping[str, tuple[Point, float]], promoted: Iterable[str],

@@ -51,6 +51,13 @@ class Searcher(RecordsArgs):
         when there are any. The default ignores them (random and grid search need not know);
         :class:`~tuning.searchers.OptunaSearch` tells its sampler."""
 
+    def set_fidelity(self, time_attr: str, max_t: float) -> None:
+        """The scheduler's resource attribute and its largest value, called after ``setup``
+        for multi-objective experiments with a scheduler that has a ``max_t``: a trial that
+        ended below it was stopped early, its values not comparable with fully trained ones.
+        The default ignores it; :class:`~tuning.searchers.OptunaSearch` tells such trials as
+        PRUNED."""
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
         raise NotImplementedError
 

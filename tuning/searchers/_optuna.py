@@ -155,6 +155,7 @@ class OptunaSearch(Searcher):
         self.sampler_kwargs = self._check_sampler_kwargs(sampler_kwargs)
         self.points_to_evaluate = check_points(points_to_evaluate)
         self.objective: Objective | None = None
+        self._fidelity: tuple[str, float] | None = None
         self._make_sampler(0)  # fail now on bad sampler_kwargs
         self.count = 0
         self._next_point = 0
@@ -268,6 +269,15 @@ class OptunaSearch(Searcher):
                 direction="minimize" if self.mode == "min" else "maximize",
                 sampler=self._make_sampler(0))
 
+    def set_fidelity(self, time_attr: str, max_t: float) -> None:
+        """With several metrics, a trial whose last result has ``time_attr < max_t`` (stopped
+        early by the scheduler) is told PRUNED: its values, measured on a smaller budget, are
+        not comparable with fully trained ones (TPE puts it in its "bad" group, NSGA-II leaves
+        it out of its population), as Optuna's own pruning does. One metric: ignored (the last
+        value is told, as before)."""
+        if self._multi:
+            self._fidelity = (time_attr, float(max_t))
+
     @property
     def _multi(self) -> bool:
         return self.objective is not None and self.objective.multi
@@ -345,10 +355,19 @@ class OptunaSearch(Searcher):
             if error or told is None or any(v is None for v in values):
                 self.study.tell(number, state=optuna.trial.TrialState.FAIL)
                 return
-            if isinstance(told, dict) and self._constrained:
+            if isinstance(told, dict) and self._constrained:  # also for a pruned trial
                 self._tell_constraints(number, [float(c) for c in told["constraints"]])
+            if self._stopped_early(result):
+                self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
+                return
             finite = [float(v) for v in values if v is not None]
             self.study.tell(number, finite if self._multi else finite[0])
+
+    def _stopped_early(self, result: Mapping[str, Any] | None) -> bool:
+        if self._fidelity is None or result is None:
+            return False
+        t = result.get(self._fidelity[0])
+        return isinstance(t, (int, float)) and float(t) < self._fidelity[1]
 
     def _tell_constraints(self, number: int, values: list[float]) -> None:
         """The trial's constraint values (``<= 0``: satisfied), before it is told: through
