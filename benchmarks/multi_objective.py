@@ -260,8 +260,9 @@ def decision_table(sizes: tuple[int, ...] = (100, 1000, 10000), repeats: int = 2
     from tuning._trial import Trial
     from tuning.schedulers import ASHA
 
-    lines = ["| trials at the rung | MO-ASHA stop decision (µs) | ASHA stop decision (µs) | "
-             "ratio |", "|---|---|---|---|"]
+    head = ("| trials at the rung | MO-ASHA stop decision (µs) | ASHA stop decision (µs) | "
+            "ratio |")
+    lines = [head, "|---|---|---|---|"]
     for n in sizes:
         rng = np.random.default_rng(n)
         out = []
