@@ -190,3 +190,31 @@ def test_results_of_a_multi_objective_run(tmp_path) -> None:
     assert not df.loc[~df["feasible"], "pareto"].any()
     assert "pareto_front=" in repr(res)
     assert math.isfinite(float(front["accuracy"].max()))
+
+
+@pytest.mark.parametrize("variant", ["stop", "promote"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, variant) -> None:
+    from tests.test_controller_sim import decisions
+    from tuning.experiment import replay
+
+    def build(name: str, replayed=None) -> Controller:
+        return make(tmp_path, MOASHA(max_t=27, variant=variant), n=24, name=name,
+                    constraints=LIMIT, replayed=replayed,
+                    searcher=OptunaSearch("tpe", n_startup_trials=4))
+
+    whole = build("whole").run()
+    crashed = build("crash")
+    crashed.open()
+    for i in range(45):  # the process "dies" after step 45: what is uncommitted is lost
+        crashed.step()
+        if i % 10 == 9:
+            crashed.end_wave()
+    assert not crashed.done
+    resumed = build("crash", replay(crashed.journal.read()))
+    resumed.run()
+    assert decisions(resumed) == decisions(whole)
+    got = {t.trial_id: (t.config, str(t.status), t.iteration) for t in resumed.trials.values()}
+    assert got == {t.trial_id: (t.config, str(t.status), t.iteration)
+                   for t in whole.trials.values()}
+    fronts = [e["pareto_front"] for c in (whole, resumed) for e in events(c, "finished")]
+    assert fronts[0] == fronts[-1]

@@ -70,7 +70,7 @@ from tuning.backends.simulated import CrossingCurves
 
 SIM = CrossingCurves(max_t=9)
 
-from tuning.backends.tradeoff import TradeoffCurves  # noqa: E402
+from tuning.backends.tradeoff import TradeoffCurves
 
 #: accuracy (max) against latency_ms (min), 9 iterations, on the simulated backend
 SIM_MO = TradeoffCurves(max_t=9)
@@ -86,7 +86,7 @@ def fit_mo(config: dict):
         [[0.0]], [[0.0, 0.0]])
 
 
-def evaluate_mo(model) -> dict:  # noqa: ANN001
+def evaluate_mo(model) -> dict:
     """Held-out 'measurements': the final accuracy and the latency of the model's config."""
     width, lr = (float(v) for v in model.predict([[0.0]])[0])
     config = {"width": width, "lr": lr}
