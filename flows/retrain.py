@@ -11,6 +11,12 @@
       decision = decide(score, evaluate(champion))  # same held-out data, same function
       register(model) ; record(decision)            # new version; alias moved only if better
 
+With ``select`` (e.g. ``"max mean_accuracy s.t. latency_ms <= 10"``), or a spec with several
+metrics and its own ``select``/``weights``, the champion is taken by that rule: the tuning
+trial it picks is refitted, ``evaluate`` returns a dict of held-out metrics (latency measured
+there too), a new model breaking a condition on the held-out data is never promoted, and one
+that meets them beats a champion that does not.
+
 Deployable with a cron schedule (``deployments/prefect.yaml``, entrypoint
 ``flows/retrain.py:retrain``). Bad parameters fail the flow run first thing, with the
 ExperimentSpec's message naming the field.
@@ -26,6 +32,7 @@ from flows.tune import tune
 from tasks.retrain import (
     best_config,
     decide,
+    decide_by,
     find_previous_run,
     fit_final_model,
     load_champion_model,
@@ -33,9 +40,10 @@ from tasks.retrain import (
     register_model,
     retrain_report,
     score_holdout,
+    score_holdout_metrics,
     warm_start,
 )
-from tuning.retrain import check_retrain_options
+from tuning.retrain import check_retrain_options, retrain_selection
 from tuning.spec import validate_spec
 
 DEFAULT_FIT = "examples.digits:fit_final"
@@ -58,17 +66,22 @@ def _flow_run_id() -> str:
 def retrain(spec: dict[str, Any], model_name: str = "digits-convnet", fit: str = DEFAULT_FIT,
             evaluate: str = DEFAULT_EVALUATE, warm_start_top_k: int = 3,
             fit_overrides: dict[str, Any] | None = None, holdout_mode: str | None = None,
-            min_improvement: float = 0.0) -> dict[str, Any]:
+            min_improvement: float = 0.0, select: str | None = None) -> dict[str, Any]:
     """Tune ``spec`` warm-started from its previous run, refit the best config with ``fit``,
     score it with ``evaluate`` on held-out data, register it as a new version of
     ``model_name`` and move the ``champion`` alias only when it beats the champion's score on
     the same data (``holdout_mode``: the spec's mode unless given; ``min_improvement``: the
     margin it must win by). ``fit_overrides`` go on top of the best config (e.g.
-    ``{"final_epochs": 30}``).
+    ``{"final_epochs": 30}``). ``select`` takes the champion by a rule with constraints
+    measured on the held-out data (see the module docstring).
     """
     s = validate_spec(spec)
     check_retrain_options(model_name, fit, evaluate, warm_start_top_k, holdout_mode,
                           min_improvement)
+    selection = retrain_selection(s, select)
+    if selection is not None:
+        return _retrain_by(s, selection, select, model_name, fit, evaluate, warm_start_top_k,
+                           fit_overrides, min_improvement)
     uri = s.effective_tracking_uri()
     previous = find_previous_run(s, warm_start_top_k)
     run_name = f"{s.name}-retrain-{_flow_run_id()[:8]}"
@@ -94,6 +107,44 @@ def retrain(spec: dict[str, Any], model_name: str = "digits-convnet", fit: str =
                "tuning_run": out["run_name"], "warm_start_from": previous.run_name,
                "warm_start_points": points, "retrain_run_id": registered["run_id"],
                "tracking_uri": uri}
+    retrain_report(model_name, summary)
+    print(f"{model_name} v{registered['version']}: {decision.reason}")
+    return summary
+
+
+def _retrain_by(s: Any, selection: Any, select: str | None, model_name: str, fit: str,
+                evaluate: str, warm_start_top_k: int, fit_overrides: dict[str, Any] | None,
+                min_improvement: float) -> dict[str, Any]:
+    """The retrain under a selection: the same steps, held-out scores as dicts of metrics."""
+    uri = s.effective_tracking_uri()
+    previous = find_previous_run(s, warm_start_top_k)
+    run_name = f"{s.name}-retrain-{_flow_run_id()[:8]}"
+    tuned_spec, points = warm_start(s, previous, run_name)
+    out = tune(spec=tuned_spec.to_json_dict())
+    config = best_config(out["experiment_dir"], fit_overrides, select)
+    model = fit_final_model(fit, config)
+    scores = score_holdout_metrics(evaluate, model, selection)
+    champion = load_champion_model(uri, model_name)
+    champion_scores = score_holdout_metrics(evaluate, champion.model, selection) \
+        if champion else None
+    decision = decide_by(scores, champion_scores, selection, min_improvement,
+                         champion.version if champion else None)
+    registered = register_model(s, f"{run_name}-final", model, model_name, config,
+                                decision.new_score, {
+                                    "rungflow.tuning_run_name": str(out["run_name"]),
+                                    "rungflow.tuning_parent_run_id": str(out.get("parent_run_id")),
+                                    "rungflow.warm_start_from": str(previous.run_id or ""),
+                                    "rungflow.warm_start_points": str(len(points)),
+                                    "rungflow.select": selection.describe()}, scores)
+    holder = record_champion_decision(uri, model_name, registered, decision)
+    summary = {"model_name": model_name, "version": registered["version"],
+               "champion_version": holder, "promoted": decision.promote,
+               "reason": decision.reason, "select": selection.describe(),
+               "holdout_score": decision.new_score, "holdout_metrics": scores,
+               "champion_score": decision.champion_score, "champion_metrics": champion_scores,
+               "config": config, "tuning_run": out["run_name"],
+               "warm_start_from": previous.run_name, "warm_start_points": points,
+               "retrain_run_id": registered["run_id"], "tracking_uri": uri}
     retrain_report(model_name, summary)
     print(f"{model_name} v{registered['version']}: {decision.reason}")
     return summary

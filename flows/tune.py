@@ -88,6 +88,8 @@ def _parent_params(s: ExperimentSpec) -> dict[str, Any]:
     d = s.to_json_dict()
     out: dict[str, Any] = {"metric": s.metric, "mode": s.mode, "num_samples": s.num_samples,
                            "trainable": s.trainable, "seed": s.seed}
+    if s.constraints:
+        out["constraints"] = d["constraints"]
     out.update({f"space.{k}": v for k, v in d["space"].items()})
     out.update({f"scheduler.{k}": v for k, v in d["scheduler"].items()})
     out.update({f"searcher.{k}": v for k, v in d["searcher"].items()})

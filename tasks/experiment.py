@@ -27,7 +27,8 @@ def open_experiment_task(spec: ExperimentSpec, components: Components | None,
     ctl.backend.begin_start()  # everything is checked: the cluster comes up meanwhile
     try:
         tracker = MlflowTracker(uri, ctl.name, spec.run_name or spec.name, ctl.metric,
-                                ctl.mode, params, spec.tags)
+                                ctl.mode, params, spec.tags,
+                                None if ctl.objective.plain else ctl.objective.to_dict())
         tracker.open_async(catch_up_from=ctl.journal if ctl.replayed is not None else None)
     except BaseException:
         ctl.backend.shutdown()

@@ -15,7 +15,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 
 from tuning.controller import Controller
-from tuning.results import leaderboard_rows
+from tuning.results import front_markdown, leaderboard_rows
 from tuning.tracking.mlflow import MlflowTracker
 
 
@@ -62,15 +62,25 @@ def summarize(ctl: Controller, tracker: MlflowTracker | None,
     best = ctl.best_trial()
     lines = [f"# {ctl.name}", "", f"- trials: {len(ctl.trials)} ({_counts(ctl)})",
              f"- waves: {ctl.waves}"]
-    if best is not None:
+    if not ctl.objective.plain:
+        lines.append(f"- objective: {ctl.objective.describe()}")
+    if best is not None and ctl.objective.plain:
         lines.append(f"- best: {best.trial_id} {ctl.metric}={ctl.trial_score(best):.6g} "
                      f"config={best.config}")
+    elif best is not None:
+        values = ", ".join(f"{m}={v:.6g}" for m, v in
+                           zip(ctl.objective.metrics, ctl.objective.values(best.last_result)))
+        chosen = f" by {ctl.selection.describe()}" if ctl.selection is not None else ""
+        lines.append(f"- chosen{chosen}: {best.trial_id} {values} config={best.config}")
     if tracker is not None:
         lines.append(f"- MLflow: tracking URI `{tracker.uri}`, experiment `{ctl.name}`, parent "
                      f"run `{tracker.parent_run_id}`")
         if best is not None and best.trial_id in tracker.runs:
             lines.append(f"- best run: `{tracker.runs[best.trial_id]}`")
     lines.append(f"- plots: {plots_dir} (drawn after the run, also on the parent run)")
+    if ctl.objective.multi:
+        lines += ["", "## Pareto front", "", front_markdown(ctl.trials.values(), ctl.objective,
+                                                             tracker.runs if tracker else None)]
     create_markdown_artifact(key=f"{key}-summary", markdown="\n".join(lines))
     return {"best_trial": best.trial_id if best else None, "trials": len(ctl.trials),
             "summarize_s": round(time.monotonic() - t0, 3)}

@@ -10,10 +10,13 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from tuning._objective import Selection
 from tuning.results import load_result
 from tuning.retrain import (
     ChampionDecision,
+    check_holdout_scores,
     decide_champion,
+    decide_champion_by,
     final_config,
     resolve_callable,
     warm_start_spec,
@@ -25,6 +28,7 @@ from tuning.tracking.registry import Champion, PreviousRun
 __all__ = [
     "best_config",
     "decide",
+    "decide_by",
     "find_previous_run",
     "fit_final_model",
     "load_champion_model",
@@ -32,6 +36,7 @@ __all__ = [
     "register_model",
     "retrain_report",
     "score_holdout",
+    "score_holdout_metrics",
     "warm_start",
 ]
 
@@ -39,9 +44,11 @@ __all__ = [
 
 @task(name="find-previous-run", cache_policy=NONE, persist_result=False)
 def find_previous_run(spec: ExperimentSpec, top_k: int) -> PreviousRun:
-    """The latest finished tuning run of this experiment in MLflow, and its top-k configs."""
-    return registry.previous_best_configs(spec.effective_tracking_uri(), spec.name, spec.metric,
-                                          spec.mode, top_k)
+    """The latest finished tuning run of this experiment in MLflow, and its top-k configs (of
+    a multi-objective run: its Pareto front's, by the first metric)."""
+    return registry.previous_best_configs(spec.effective_tracking_uri(), spec.name,
+                                          spec.primary_metric, spec.primary_mode, top_k,
+                                          pareto=spec.objective().multi)
 
 
 @task(name="warm-start", cache_policy=NONE, persist_result=False)
@@ -53,9 +60,16 @@ def warm_start(spec: ExperimentSpec, previous: PreviousRun, run_name: str
 
 
 @task(name="best-config", cache_policy=NONE, persist_result=False)
-def best_config(experiment_dir: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The tuning run's best config (from its journal), with the retrain's overrides on top."""
-    return final_config(load_result(experiment_dir).best_config, overrides)
+def best_config(experiment_dir: str, overrides: Mapping[str, Any] | None,
+                select: str | None = None) -> dict[str, Any]:
+    """The tuning run's best config (from its journal), with the retrain's overrides on top;
+    ``select`` picks it in a multi-objective or constrained run."""
+    res = load_result(experiment_dir)
+    if select is None:
+        return final_config(res.best_config, overrides)
+    trial = res.best_trial_by(select=select)
+    return final_config(trial.config if trial else None, overrides,
+                        why=f"no feasible trial meets {select!r}")
 
 
 @task(name="fit-final", cache_policy=NONE, persist_result=False)
@@ -68,6 +82,12 @@ def fit_final_model(fit: str, config: Mapping[str, Any]) -> Any:
 def score_holdout(evaluate: str, model: Any) -> float:
     """Score a model on the held-out data with the user's ``evaluate`` function."""
     return float(resolve_callable(evaluate, "evaluate")(model))
+
+
+@task(name="score-holdout-metrics", cache_policy=NONE, persist_result=False)
+def score_holdout_metrics(evaluate: str, model: Any, selection: Selection) -> dict[str, float]:
+    """Held-out metrics of a model (a dict from the user's ``evaluate``), for a selection."""
+    return check_holdout_scores(resolve_callable(evaluate, "evaluate")(model), selection)
 
 
 @task(name="load-champion", cache_policy=NONE, persist_result=False)
@@ -83,13 +103,22 @@ def decide(new_score: float, champion_score: float | None, mode: str, min_improv
     return decide_champion(new_score, champion_score, mode, min_improvement, champion_version)
 
 
+@task(name="decide-champion-by", cache_policy=NONE, persist_result=False)
+def decide_by(new: Mapping[str, float], champion: Mapping[str, float] | None,
+              selection: Selection, min_improvement: float, champion_version: str | None
+              ) -> ChampionDecision:
+    """The champion rule under a selection (its conditions met on the held-out data)."""
+    return decide_champion_by(new, champion, selection, min_improvement, champion_version)
+
+
 @task(name="register-model", cache_policy=NONE, persist_result=False)
 def register_model(spec: ExperimentSpec, run_name: str, model: Any, model_name: str,
-                   config: Mapping[str, Any], score: float, tags: Mapping[str, str]
-                   ) -> dict[str, str]:
+                   config: Mapping[str, Any], score: float, tags: Mapping[str, str],
+                   holdout_metrics: Mapping[str, float] | None = None) -> dict[str, str]:
     """Log the model in a retrain run and register it as a new version."""
     return registry.log_and_register(spec.effective_tracking_uri(), spec.name, run_name, model,
-                                     model_name, config, score, tags)
+                                     model_name, config, score, tags,
+                                     holdout_metrics=holdout_metrics)
 
 
 @task(name="record-decision", cache_policy=NONE, persist_result=False)

@@ -36,6 +36,8 @@ def snapshot(d, uri):
     files = {}
     for root, _, names in os.walk(d):
         for n in names:
+            if n.endswith(("-wal", "-shm")):  # SQLite's own files, there while it is open
+                continue
             p = os.path.join(root, n)
             files[p] = os.path.getsize(p)
     c = mlflow.MlflowClient(tracking_uri=uri)

@@ -70,6 +70,29 @@ from tuning.backends.simulated import CrossingCurves
 
 SIM = CrossingCurves(max_t=9)
 
+from tuning.backends.tradeoff import TradeoffCurves
+
+#: accuracy (max) against latency_ms (min), 9 iterations, on the simulated backend
+SIM_MO = TradeoffCurves(max_t=9)
+
+
+def fit_mo(config: dict):
+    """A stand-in fitted model of SIM_MO's problem: a scikit-learn estimator (MLflow logs and
+    loads it safely) that remembers the config's width and lr."""
+    from sklearn.dummy import DummyRegressor
+
+    return DummyRegressor(strategy="constant",
+                          constant=[[float(config["width"])], [float(config["lr"])]]).fit(
+        [[0.0]], [[0.0, 0.0]])
+
+
+def evaluate_mo(model) -> dict:
+    """Held-out 'measurements': the final accuracy and the latency of the model's config."""
+    width, lr = (float(v) for v in model.predict([[0.0]])[0])
+    config = {"width": width, "lr": lr}
+    return {"accuracy": TradeoffCurves(noise=0.0).final(config),
+            "latency_ms": TradeoffCurves().latency(config)}
+
 
 def marked(config):
     """Like the acceptance check's trainable: a mark file per iteration names the worker's pid."""

@@ -43,13 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("path", help="the run's directory, or a storage path holding one run")
     res.add_argument("--quiet", "-q", action="store_true")
     for name, text in (("status", "finished, running or interrupted?"),
-                       ("best", "the best trial"), ("ls", "the trials")):
+                       ("best", "the best trial (the Pareto front of a multi-objective run)"),
+                       ("ls", "the trials")):
         c = sub.add_parser(name, help=text, parents=[common])
         c.add_argument("path", nargs="?" if name == "ls" else None, default=".",
                        help="a run directory or a storage path")
         c.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "ls":
             _ls_options(c)
+        if name == "best":
+            c.add_argument("--select", help="pick one trial of a multi-objective run, e.g. "
+                           "'max accuracy s.t. latency_ms <= 20'")
+            c.add_argument("--weights", help="or by a weighted sum, as JSON, e.g. "
+                           "'{\"accuracy\": 1, \"latency_ms\": -0.01}'")
     return p
 
 
@@ -180,8 +186,15 @@ def _with_view(fn: Any, spec: Any, quiet: bool) -> Any:
 
 
 def _print_result(result: Any) -> None:
-    best = result.best_trial
     print(f"experiment {result.name}: {len(result.trials)} trials, run dir {result.path}")
+    if result.multi_objective and result.selection is None:
+        df = result.pareto_front()
+        print(f"Pareto front ({result.objective.describe()}): {len(df)} trials")
+        if len(df):
+            print(_front_text(df))
+        best = None
+    else:
+        best = result.best_trial
     if best is not None:
         print(f"best trial {best.trial_id}: {result.metric}={result.best_metric:.6g} "
               f"config={json.dumps(best.config, default=str)}")
@@ -225,8 +238,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for t in res.trials:
         counts[str(t.status)] = counts.get(str(t.status), 0) + 1
     if args.json:
-        print(json.dumps({"name": res.name, "path": res.path, "status": status,
-                          "trials": counts, "best_metric": res.best_metric}))
+        summary: dict[str, Any] = {"name": res.name, "path": res.path, "status": status,
+                                   "trials": counts}
+        if res.multi_objective and res.selection is None:
+            summary["pareto_front"] = len(_objective(res).front(res.trials))
+        else:
+            summary["best_metric"] = res.best_metric
+        print(json.dumps(summary))
     else:
         parts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
         print(f"{res.name}: {status} ({len(res.trials)} trials: {parts or 'none'})")
@@ -235,11 +253,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _objective(res: Any) -> Any:
+    """The run's :class:`~tuning._objective.Objective` (one metric for an old journal)."""
+    assert res.objective is not None
+    return res.objective
+
+
+def _front_text(df: Any) -> str:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.width", 200,
+                           "display.max_colwidth", 40):
+        return str(df.to_string(index=False))
+
+
+def _weights(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--weights: not JSON ({exc.msg}), got {text!r}") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"--weights: a JSON object metric -> number, got {text!r}")  # noqa: TRY004
+    return out
+
+
 def cmd_best(args: argparse.Namespace) -> int:
-    from tuning.results import load_result
+    from tuning._objective import Selection
+    from tuning.results import FINISHED, load_result
 
     res = load_result(args.path)
+    obj = _objective(res)
+    weights = _weights(args.weights)
+    if args.select is not None or weights is not None:
+        res.selection = Selection.build(obj, args.select, weights)
+    if res.multi_objective and res.selection is None:
+        return _print_front(res, args.json)
     best = res.best_finished_trial
+    if res.selection is not None:
+        best = res.selection.pick([t for t in res.trials if t.status in FINISHED], obj)
     if best is None:
         counts: dict[str, int] = {}
         for t in res.trials:
@@ -250,7 +303,36 @@ def cmd_best(args: argparse.Namespace) -> int:
         return 1
     out = {"trial_id": best.trial_id, res.metric: res.best_metric, "config": best.config,
            "checkpoint": best.checkpoint, "iterations": best.iteration}
+    if not obj.plain:
+        last = best.last_result or {}
+        out = {"trial_id": best.trial_id, **{m: last.get(m) for m in obj.reported},
+               "config": best.config, "checkpoint": best.checkpoint,
+               "iterations": best.iteration}
+        if res.selection is not None:
+            out["selected_by"] = res.selection.describe()
     print(json.dumps(out, default=str, indent=None if args.json else 2))
+    return 0
+
+
+def _print_front(res: Any, as_json: bool) -> int:
+    """``rungflow best`` of a multi-objective run: its Pareto front (finished trials)."""
+    from tuning.results import FINISHED, front_rows
+
+    rows = front_rows([t for t in res.trials if t.status in FINISHED], res.objective)
+    if as_json:
+        print(json.dumps({"objective": res.objective.describe(), "pareto_front": rows},
+                         default=str))
+        return 0 if rows else 1
+    if not rows:
+        print(f"rungflow: no finished feasible trial in {res.path} yet; see `rungflow status "
+              f"{res.path}`", file=sys.stderr)
+        return 1
+    import pandas as pd
+
+    print(f"Pareto front of {res.name} ({res.objective.describe()}): {len(rows)} trials")
+    print(_front_text(pd.DataFrame(rows)))
+    print("pick one with: rungflow best " + res.path + " --select "
+          f"'{res.objective.primary_mode} {res.objective.primary} s.t. ...'")
     return 0
 
 
@@ -265,8 +347,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if len(dirs) > 1:  # a storage path: list the runs
         for d in dirs:
             r = load_result(d)
-            print(f"{r.name}\t{_status_of(r)}\t{len(r.state.trials)} trials\t"
-                  f"best={r.best_metric}\t{d}")
+            best = (f"front={len(_objective(r).front(r.trials))}" if r.multi_objective and
+                    r.selection is None else f"best={r.best_metric}")
+            print(f"{r.name}\t{_status_of(r)}\t{len(r.state.trials)} trials\t{best}\t{d}")
         return 0
     statuses = [s.strip() for arg in args.status or [] for s in arg.split(",") if s.strip()]
     trial_page([], "", "max", args.limit, args.page, statuses or None, args.sort)  # bad input

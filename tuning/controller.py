@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tuning._objective import Objective, bind_objective
 from tuning._trial import ITERATION, TERMINAL, Status, Trial, best_trial, format_trial_id
 from tuning.backends._base import Backend, Done, Lost, Message, Result, Started
 from tuning.experiment import ExperimentState, Journal, SnapshotPolicy
@@ -92,11 +93,14 @@ class WaveReport:
 
 @dataclass
 class Controller:
+    """``metric``/``mode``: one of each, or lists (several metrics: ``self.objective`` holds
+    them all, with ``constraints``; ``self.metric``/``self.mode`` become the first)."""
+
     name: str
     trainable: Callable[..., Any]
     space: Space
-    metric: str
-    mode: str
+    metric: Any  # str, or a list of str
+    mode: Any  # "min" | "max", or a list of them
     scheduler: Scheduler
     searcher: Searcher
     backend: Backend
@@ -114,8 +118,12 @@ class Controller:
     first_wave_s: float = 2.0  # waves double from this, up to max_wave_s
     max_wave_s: float = 30.0
     snapshots: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    constraints: Mapping[str, Any] | None = None  # metric -> {min, max}: infeasible outside
+    selection: Any = None  # tuning._objective.Selection: how best_trial picks one of several
 
     def __post_init__(self) -> None:
+        self.objective = Objective.build(self.metric, self.mode, self.constraints)
+        self.metric, self.mode = self.objective.primary, self.objective.primary_mode
         self.trials: dict[str, Trial] = {}
         self.flights: dict[str, _Flight] = {}
         self.to_resubmit: list[str] = []
@@ -138,10 +146,9 @@ class Controller:
         self._max_trials = self.budget.num_samples * max(len(self.space.grid_points()), 1)
         rng = np.random.default_rng(self.seed)
         s_seed, r_seed = rng.integers(2**31, size=2)
-        self.scheduler.set_objective(self.metric, self.mode, np.random.default_rng(int(s_seed)))
-        self.scheduler.set_search_space(self.space)
-        self.searcher.setup(self.space, self.metric, self.mode, np.random.default_rng(int(r_seed)),
-                            self.budget.num_samples)
+        bind_objective(self.objective, self.scheduler, self.searcher, self.space,
+                       np.random.default_rng(int(s_seed)), np.random.default_rng(int(r_seed)),
+                       self.budget.num_samples)
 
     # -- opening ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -470,12 +477,14 @@ class Controller:
         self._check_experiment_stops(result)
 
     def _decide(self, trial: Trial, fl: _Flight, result: dict[str, Any]) -> None:
-        if self.metric not in result:
-            self._abort_metric_missing(trial, result)
+        missing = self.objective.missing(result)
+        if missing:
+            self._abort_metric_missing(trial, result, missing[0])
             return
-        value = result[self.metric]
-        if not math.isfinite(float(value)):
-            fl.end_as(Status.ERROR, f"metric {self.metric!r} was {value!r} at iteration "
+        bad = self.objective.non_finite(result)
+        if bad is not None:
+            name, value = bad
+            fl.end_as(Status.ERROR, f"metric {name!r} was {value!r} at iteration "
                                     f"{result[ITERATION]}: a NaN or infinite value cannot be "
                                     "ranked (the trial diverged?)")
             self.backend.stop(trial.trial_id)
@@ -509,10 +518,11 @@ class Controller:
     def _count_decision(self, decision: str) -> None:
         self._report.decisions[decision] = self._report.decisions.get(decision, 0) + 1
 
-    def _abort_metric_missing(self, trial: Trial, result: Mapping[str, Any]) -> None:
+    def _abort_metric_missing(self, trial: Trial, result: Mapping[str, Any], metric: str) -> None:
         reported = sorted(k for k in result if k not in _RESERVED)
-        msg = (f"metric {self.metric!r} was never reported: trial {trial.trial_id} reported "
-               f"{', '.join(reported) or 'nothing'}; set `metric` to one of these or report it")
+        msg = (f"metric {metric!r} was never reported: trial {trial.trial_id} reported "
+               f"{', '.join(reported) or 'nothing'}; set `{self.objective.field_of(metric)}` to "
+               "one of these or report it")
         self._fail_all(msg, MetricMissingError)
 
     def _fail_all(self, msg: str, kind: type[Exception]) -> None:
@@ -645,8 +655,10 @@ class Controller:
                 self._end(trial, Status.STOPPED)
         self.finished = True
         best = self.best_trial()
+        front = {} if self.objective.plain else {
+            "pareto_front": [t.trial_id for t in self.objective.front(self.trials.values())]}
         self._emit("finished", reason=self.aborted or self.stopping or "completed",
-                   best_trial=best.trial_id if best else None)
+                   best_trial=best.trial_id if best else None, **front)
         self.journal.flush()
 
     @property
@@ -678,6 +690,11 @@ class Controller:
         return trial.last_value(self.metric)
 
     def best_trial(self) -> Trial | None:
+        """The best trial by the last reported metric; with several metrics or constraints, the
+        :class:`~tuning._objective.Objective`'s pick (None for several metrics without a
+        ``selection``: there is a Pareto front instead)."""
+        if not self.objective.plain:
+            return self.objective.best(self.trials.values(), self.selection)
         return best_trial(self.trials.values(), self.metric, self.mode)
 
     # -- journal ---------------------------------------------------------------------------

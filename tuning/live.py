@@ -541,8 +541,10 @@ def live_view(spec: Any = None, *, console: Console | None = None, quiet: bool =
     if quiet or not console.is_terminal:
         yield None
         return
-    view = LiveView(name=getattr(spec, "name", None), metric=getattr(spec, "metric", None),
-                    mode=getattr(spec, "mode", None), console=console,
+    view = LiveView(name=getattr(spec, "name", None),  # several metrics: the first one's view
+                    metric=getattr(spec, "primary_metric", None) or getattr(spec, "metric", None),
+                    mode=getattr(spec, "primary_mode", None) or getattr(spec, "mode", None),
+                    console=console,
                     refresh_per_second=max(1.0 / min_interval_s, 1.0) if min_interval_s else 4)
     previous = set_observer(view.update, min_interval_s)
     try:

@@ -46,6 +46,7 @@ __all__ = [
     "learning_curves",
     "normalise_param",
     "parallel_coordinates",
+    "pareto_plot",
     "rung_counts",
     "rung_diagram",
 ]
@@ -574,16 +575,102 @@ def parallel_coordinates(trials: Any, metric: str, path: str, mode: str = "max")
     return _save(fig, path)
 
 
+# -- Pareto front -----------------------------------------------------------------------------
+_FEASIBLE = "#0072B2"  # blue
+_INFEASIBLE = "#999999"  # grey
+_FRONT = "#D55E00"  # vermilion
+
+
+def pareto_plot(trials: Any, objective: Any, path: str) -> str:
+    """Every trial at its last reported values of the first two metrics: feasible trials as
+    blue dots, infeasible ones (a constraint broken) as grey crosses, the Pareto front as
+    vermilion dots joined by the boundary of the region it dominates, constraint bounds on
+    those two metrics as dashed lines.
+
+    ``objective`` is a :class:`~tuning._objective.Objective` with at least two metrics (with
+    more, the front is the one in all of them, drawn in the first two).
+    """
+    fig = Figure(figsize=(8, 6), dpi=_DPI, layout="constrained")
+    _draw_pareto(fig.add_subplot(), trials, objective)
+    return _save(fig, path)
+
+
+def _draw_pareto(ax: Axes, trials: Any, objective: Any) -> dict[str, list[str]]:
+    """Draw :func:`pareto_plot` on ``ax``; returns the trial ids drawn as ``feasible``,
+    ``infeasible`` and ``front``."""
+    ts = [t for t in _trials(trials) if t.last_result is not None]
+    m0, m1 = objective.metrics[0], objective.metrics[1]
+    pts = [(t, objective.values(t.last_result)) for t in ts]
+    pts = [(t, v) for t, v in pts if all(math.isfinite(x) for x in v[:2])]
+    front = {t.trial_id for t in objective.front(t for t, _ in pts)}
+    groups: dict[str, list[tuple[Trial, tuple[float, ...]]]] = {
+        "feasible": [(t, v) for t, v in pts if t.trial_id not in front
+                     and objective.is_feasible(t.last_result)],
+        "infeasible": [(t, v) for t, v in pts if not objective.is_feasible(t.last_result)],
+        "front": [(t, v) for t, v in pts if t.trial_id in front]}
+    if not pts:
+        _empty(ax, f"no trial has reported {m0!r} and {m1!r} yet")
+    style = {"feasible": {"s": 22, "color": _FEASIBLE, "alpha": 0.6},
+             "infeasible": {"s": 26, "color": _INFEASIBLE, "marker": "x"}}
+    for name, kw in style.items():
+        g = groups[name]
+        if g:
+            ax.scatter([v[0] for _, v in g], [v[1] for _, v in g], label=f"{name} ({len(g)})",
+                       **kw)  # type: ignore[arg-type]
+    if groups["front"]:
+        _draw_front(ax, [v for _, v in groups["front"]], objective.modes[0])
+    _draw_bounds(ax, objective, m0, m1)
+    ax.set_xlabel(f"{m0} ({objective.modes[0]})")
+    ax.set_ylabel(f"{m1} ({objective.modes[1]})")
+    more = "" if len(objective.metrics) == 2 else f" (front in all {len(objective.metrics)} metrics)"
+    ax.set_title(f"Pareto front{more}: {len(front)} of {len(pts)} trials, "
+                 f"{len(groups['infeasible'])} infeasible")
+    ax.grid(True, alpha=0.3)
+    if pts:
+        ax.legend(loc="best", fontsize=8)
+    return {k: [t.trial_id for t, _ in g] for k, g in groups.items()}
+
+
+def _draw_front(ax: Axes, front: Sequence[Sequence[float]], mode0: str) -> None:
+    """The front's points and the boundary of the region they dominate (in the first two
+    metrics): from each point, along the first metric to the next one's value, then to it."""
+    s0 = 1.0 if mode0 == "max" else -1.0
+    pts = sorted(((v[0], v[1]) for v in front), key=lambda p: -s0 * p[0])  # best x first
+    xs, ys = [pts[0][0]], [pts[0][1]]
+    for x, y in pts[1:]:
+        xs += [x, x]
+        ys += [ys[-1], y]
+    ax.plot(xs, ys, color=_FRONT, linewidth=1.2, alpha=0.8)
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=46, color=_FRONT, zorder=3,
+               edgecolor="black", linewidth=0.5, label=f"Pareto front ({len(pts)})")
+
+
+def _draw_bounds(ax: Axes, objective: Any, m0: str, m1: str) -> None:
+    for metric, (lo, hi) in objective.constraints.items():
+        for b in (lo, hi):
+            if b is None:
+                continue
+            if metric == m0:
+                ax.axvline(b, color=_INFEASIBLE, linestyle="--", linewidth=1)
+            elif metric == m1:
+                ax.axhline(b, color=_INFEASIBLE, linestyle="--", linewidth=1)
+
+
 def all_plots(trials: Any, metric: str, mode: str, events: Iterable[Mapping[str, Any]] | None,
-              out_dir: str, histories: Histories | None = None) -> list[str]:
+              out_dir: str, histories: Histories | None = None,
+              objective: Any = None) -> list[str]:
     """Write ``learning_curves.png``, ``rung_diagram.png`` and ``parallel_coordinates.png``
     under ``out_dir`` (a local directory or fsspec URL); ``events`` are the journal's
-    ``decision`` events (may be empty), ``histories`` the trials' results for the curves.
-    Returns the three paths."""
+    ``decision`` events (may be empty), ``histories`` the trials' results for the curves. With
+    an ``objective`` of several metrics (:class:`~tuning._objective.Objective`), also
+    ``pareto_front.png``. Returns the paths."""
     ts = _trials(trials)
     decisions = [dict(e) for e in events or () if e.get("event", "decision") == "decision"]
     base = os.fspath(out_dir).rstrip("/")
-    return [learning_curves(ts, metric, mode, decisions, f"{base}/learning_curves.png",
-                            histories),
-            rung_diagram(ts, f"{base}/rung_diagram.png"),
-            parallel_coordinates(ts, metric, f"{base}/parallel_coordinates.png", mode=mode)]
+    out = [learning_curves(ts, metric, mode, decisions, f"{base}/learning_curves.png",
+                           histories),
+           rung_diagram(ts, f"{base}/rung_diagram.png"),
+           parallel_coordinates(ts, metric, f"{base}/parallel_coordinates.png", mode=mode)]
+    if objective is not None and objective.multi:
+        out.append(pareto_plot(ts, objective, f"{base}/pareto_front.png"))
+    return out

@@ -1,12 +1,15 @@
-"""What a finished (or running) experiment looks like: the best trial and a DataFrame."""
+"""What a finished (or running) experiment looks like: the best trial (or, with several
+metrics, the Pareto front) and a DataFrame."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tuning._checkpoint import load_checkpoint
+from tuning._objective import MultiObjectiveError, Objective, Selection
 from tuning._trial import Status, Trial, best_trial
 from tuning.experiment import (
     ExperimentState,
@@ -16,8 +19,8 @@ from tuning.experiment import (
     replay,
 )
 
-__all__ = ["NoResultError", "TrialsFailedWarning", "TuneResult", "failure_summary", "last_value", "leaderboard_rows",
-           "load_result"]
+__all__ = ["MultiObjectiveError", "NoResultError", "TrialsFailedWarning", "TuneResult",
+           "failure_summary", "front_markdown", "front_rows", "last_value", "leaderboard_rows", "load_result"]
 
 #: trials that ran to their end: the only ones ``rungflow best`` names
 FINISHED = frozenset({Status.TERMINATED, Status.STOPPED})
@@ -63,9 +66,65 @@ def leaderboard_rows(trials: Iterable[Trial], metric: str, mode: str) -> list[di
     return rows
 
 
+def front_rows(trials: Iterable[Trial], objective: Objective) -> list[dict[str, Any]]:
+    """The Pareto front as rows (trial id, status, each metric's last value, iterations,
+    config), best first by the first metric. Each trial's last result is what counts."""
+    front = objective.front(trials)
+    sign = -1.0 if objective.primary_mode == "max" else 1.0
+    front.sort(key=lambda t: (sign * objective.values(t.last_result)[0], t.trial_id))
+    names = objective.reported
+    return [{"trial_id": t.trial_id, "status": str(t.status),
+             **{m: (t.last_result or {}).get(m) for m in names},
+             "iterations": t.iteration, **{f"config/{k}": v for k, v in t.config.items()}}
+            for t in front]
+
+
+def front_markdown(trials: Iterable[Trial], objective: Objective,
+                   runs: dict[str, str] | None = None, limit: int = 50) -> str:
+    """The Pareto front as a markdown table (at most ``limit`` rows; MLflow run ids when
+    given): what the Prefect summary artifact shows.
+
+    Example:
+        >>> t = Trial("trial-000", {"lr": 0.1}, Status.TERMINATED,
+        ...           [{"training_iteration": 3, "acc": 0.9, "ms": 12.5}])
+        >>> print(front_markdown([t], Objective.build(["acc", "ms"], ["max", "min"])))
+        | trial | acc | ms | iterations | config |
+        |---|---|---|---|---|
+        | trial-000 | 0.9 | 12.5 | 3 | lr=0.1 |
+    """
+    rows = front_rows(trials, objective)
+    if not rows:
+        return "_no feasible trial: the front is empty_"
+    names = list(objective.reported)
+    head = ["trial", *names, "iterations", "config"] + (["MLflow run"] if runs else [])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows[:limit]:
+        config = ", ".join(f"{k.removeprefix('config/')}={_cell(v)}" for k, v in r.items()
+                           if k.startswith("config/"))
+        cells = [r["trial_id"], *(_cell(r[m]) for m in names), str(r["iterations"]), config]
+        if runs:
+            cells.append(f"`{runs.get(r['trial_id'], '')}`")
+        out.append("| " + " | ".join(cells) + " |")
+    if len(rows) > limit:
+        out.append(f"\n_{len(rows) - limit} more front trials not shown_")
+    return "\n".join(out)
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
 @dataclass
 class TuneResult:
-    """The outcome of a tuning run, read from its journal."""
+    """The outcome of a tuning run, read from its journal.
+
+    ``metric``/``mode``: the metric (the first one of several) and its mode; ``objective``
+    has every metric and the constraints. With several metrics there is no single best trial:
+    :meth:`pareto_front` lists the non-dominated feasible trials, and ``best_trial``,
+    ``best_config`` and ``best_metric`` need a rule, ``selection`` (the spec's ``select`` or
+    ``weights``), else they raise :class:`MultiObjectiveError`; :meth:`best_trial_by` applies
+    a rule given here.
+    """
 
     name: str
     path: str
@@ -73,19 +132,72 @@ class TuneResult:
     mode: str
     state: ExperimentState
     tracking_uri: str | None = None
+    objective: Objective | None = None
+    selection: Selection | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.objective is None:  # one metric, as given (not validated: an old journal)
+            self.objective = Objective((self.metric,), (self.mode,))
 
     @property
     def trials(self) -> list[Trial]:
         return list(self.state.trials.values())
 
     @property
+    def multi_objective(self) -> bool:
+        assert self.objective is not None
+        return self.objective.multi
+
+    def _pick(self, trials: list[Trial], what: str) -> Trial | None:
+        """The objective's one best trial of ``trials`` (several metrics or constraints)."""
+        obj = self.objective
+        assert obj is not None
+        if obj.multi and self.selection is None:
+            raise MultiObjectiveError(
+                f"{what}: this run optimises {obj.describe()}, so no trial is best in every "
+                f"metric; see result.pareto_front() (`rungflow best {self.path}` prints it), "
+                f"or pick one: result.best_trial_by(select='{_select_example(obj)}') or "
+                f"weights={{...}}, or give select=/weights= to the run")
+        return obj.best(trials, self.selection)
+
+    def best_trial_by(self, select: str | None = None,
+                      weights: dict[str, float] | None = None) -> Trial | None:
+        """The trial a rule picks: ``select="max accuracy s.t. latency_ms <= 20"`` or
+        ``weights={"accuracy": 1.0, "latency_ms": -0.01}`` (validated; ValueError naming
+        ``select``/``weights``). Only feasible trials are candidates."""
+        assert self.objective is not None
+        rule = Selection.build(self.objective, select, weights)
+        if rule is None:
+            raise ValueError("best_trial_by: give select= or weights=")
+        return rule.pick(self.trials, self.objective)
+
+    def pareto_front(self) -> Any:
+        """A pandas DataFrame of the non-dominated feasible trials (each trial's last reported
+        values): trial id, status, every metric, iterations, config; best first by the first
+        metric."""
+        import pandas as pd
+
+        assert self.objective is not None
+        rows = front_rows(self.trials, self.objective)
+        cols = ["trial_id", "status", *self.objective.reported, "iterations"]
+        return pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r
+                                                         if k.startswith("config/")}))
+
+    @property
     def best_trial(self) -> Trial | None:
+        assert self.objective is not None
+        if not self.objective.plain:
+            return self._pick(self.trials, "best_trial")
         return best_trial(self.state.trials.values(), self.metric, self.mode)
 
     @property
     def best_finished_trial(self) -> Trial | None:
         """The best trial among those that finished (TERMINATED or STOPPED): never one still
         running, paused or failed."""
+        assert self.objective is not None
+        if not self.objective.plain:
+            return self._pick([t for t in self.trials if t.status in FINISHED],
+                              "best_finished_trial")
         return best_trial(self.state.trials.values(), self.metric, self.mode, FINISHED)
 
     @property
@@ -95,7 +207,13 @@ class TuneResult:
 
     @property
     def best_metric(self) -> float | None:
+        """The best trial's last value of the metric (of the selection's metric, when a
+        ``select`` rule picks the trial)."""
         t = self.best_trial
+        metric = self.selection.metric if self.selection is not None and \
+            self.selection.metric else self.metric
+        if t is not None and self.objective is not None and not self.objective.plain:
+            return _finite((t.last_result or {}).get(metric))
         return t.last_value(self.metric) if t else None
 
     @property
@@ -114,10 +232,24 @@ class TuneResult:
 
     def dataframe(self) -> Any:
         """A pandas DataFrame: one row per trial (config, last and best metric, status, rung,
-        iterations, wall time, checkpoint, error), in trial order."""
+        iterations, wall time, checkpoint, error), in trial order. With several metrics or
+        constraints, also each other metric's last value, ``feasible`` and ``pareto`` (in the
+        front)."""
         import pandas as pd
 
-        return pd.DataFrame([trial_row(t, self.metric, self.mode) for t in self.trials])
+        df = pd.DataFrame([trial_row(t, self.metric, self.mode) for t in self.trials])
+        obj = self.objective
+        if obj is None or obj.plain or df.empty:
+            return df
+        front = {t.trial_id for t in obj.front(self.trials)}
+        last = {t.trial_id: t.last_result or {} for t in self.trials}
+        at = df.columns.get_loc(f"best_{self.metric}") + 1
+        for i, m in enumerate(m for m in obj.reported if m != self.metric):
+            df.insert(at + i, m, [_finite(last[tid].get(m)) for tid in df["trial_id"]])
+        df.insert(at + len(obj.reported) - 1, "feasible",
+                  [obj.is_feasible(last[tid]) for tid in df["trial_id"]])
+        df.insert(at + len(obj.reported), "pareto", [tid in front for tid in df["trial_id"]])
+        return df
 
     def history(self, trial_id: str) -> list[dict[str, Any]]:
         """Every result ``trial_id`` reported, in order, read from the journal (the driver
@@ -130,8 +262,25 @@ class TuneResult:
         return read_histories(Journal(self.path), trial_ids)
 
     def __repr__(self) -> str:
+        if self.objective is not None and self.objective.multi and self.selection is None:
+            return (f"TuneResult({self.name!r}, trials={len(self.trials)}, "
+                    f"pareto_front={len(self.objective.front(self.trials))} trials)")
         return (f"TuneResult({self.name!r}, trials={len(self.trials)}, best_metric="
                 f"{self.best_metric!r}, best_config={self.best_config!r})")
+
+
+def _finite(v: Any) -> float | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _select_example(obj: Objective) -> str:
+    text = f"{obj.primary_mode} {obj.primary}"
+    if len(obj.metrics) > 1:
+        second, mode = obj.metrics[1], obj.modes[1]
+        text += f" s.t. {second} {'<=' if mode == 'min' else '>='} ..."
+    return text
 
 
 def failure_summary(res: TuneResult) -> tuple[int, tuple[str, str] | None]:
@@ -156,6 +305,12 @@ def load_result(path: str) -> TuneResult:
                          + ", ".join(d.rsplit('/', 1)[-1] for d in dirs))
     st = replay(Journal(dirs[0]).iter_events())
     spec = st.spec or {}
+    metric, mode = spec.get("metric", ""), spec.get("mode", "max")
+    objective = Objective.build(metric, mode, spec.get("constraints")) if metric else None
+    selection = Selection.build(objective, spec.get("select"), spec.get("weights")) \
+        if objective is not None else None
     return TuneResult(name=spec.get("name", dirs[0].rsplit("/", 1)[-1]), path=dirs[0],
-                      metric=spec.get("metric", ""), mode=spec.get("mode", "max"), state=st,
-                      tracking_uri=spec.get("tracking_uri"))
+                      metric=objective.primary if objective else metric,
+                      mode=objective.primary_mode if objective else mode, state=st,
+                      tracking_uri=spec.get("tracking_uri"), objective=objective,
+                      selection=selection)

@@ -19,16 +19,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tuning._objective import Selection
 from tuning.space import Domain
 from tuning.spec import ExperimentSpec, SpecError, resolve_trainable
 
 __all__ = [
     "WARM_START_SEARCHERS",
     "ChampionDecision",
+    "check_holdout_scores",
     "check_retrain_options",
     "decide_champion",
+    "decide_champion_by",
     "final_config",
     "resolve_callable",
+    "retrain_selection",
     "warm_start_spec",
 ]
 
@@ -104,6 +108,97 @@ def decide_champion(new_score: float, champion_score: float | None, mode: str = 
                             champion_version)
 
 
+def retrain_selection(spec: ExperimentSpec, select: str | None) -> Selection | None:
+    """How the retrain picks its model: ``select`` (the retrain's parameter), else the spec's
+    ``select``/``weights``, else None (one metric: the best by it, as before). A
+    multi-objective spec needs one of them; SpecError naming ``select`` otherwise.
+
+    Example:
+        >>> from tuning.spec import validate_spec
+        >>> s = validate_spec({"trainable": "m:f", "metric": ["acc", "ms"],
+        ...                    "mode": ["max", "min"], "space": {"x": 1}})
+        >>> retrain_selection(s, "max acc s.t. ms <= 10").describe()
+        'max acc s.t. ms <= 10'
+    """
+    try:
+        if select is not None:
+            return Selection.parse(select, spec.objective())
+        rule = spec.selection()
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if rule is None and spec.objective().multi:
+        obj = spec.objective()
+        raise SpecError(f"select: the spec optimises {obj.describe()}, so the retrain needs a "
+                        f"rule to pick one model, e.g. select='max {obj.primary} s.t. "
+                        f"{obj.metrics[1]} <= ...' (a retrain parameter, or the spec's select "
+                        "or weights)")
+    return rule
+
+
+def check_holdout_scores(scores: Any, selection: Selection) -> dict[str, float]:
+    """The held-out scores of a constraint/selection retrain: ``evaluate`` must return a
+    mapping with every metric ``selection`` reads; SpecError naming ``evaluate`` otherwise."""
+    if not isinstance(scores, Mapping):
+        raise SpecError(f"evaluate: with select={selection.describe()!r} it must return a dict "
+                        f"of held-out metrics ({', '.join(selection.needs())}), got "
+                        f"{type(scores).__name__} {scores!r}")
+    missing = [m for m in selection.needs() if m not in scores]
+    if missing:
+        raise SpecError(f"evaluate: returned {sorted(scores)}; select={selection.describe()!r} "
+                        f"also needs {', '.join(missing)} measured on the held-out data")
+    return {str(k): float(v) for k, v in scores.items()}
+
+
+def decide_champion_by(new: Mapping[str, float], champion: Mapping[str, float] | None,
+                       selection: Selection, min_improvement: float = 0.0,
+                       champion_version: str | None = None) -> ChampionDecision:
+    """The champion rule with a selection, on held-out scores (dicts of metrics): a new model
+    that breaks a condition of ``selection`` on the held-out data is never promoted; a champion
+    that breaks one loses to a new model that meets them; otherwise the selection's metric (or
+    weighted sum) decides as :func:`decide_champion` does.
+
+    Example:
+        >>> from tuning._objective import Objective
+        >>> rule = Selection.parse("max acc s.t. ms <= 10", Objective.build(["acc", "ms"],
+        ...                                                                 ["max", "min"]))
+        >>> decide_champion_by({"acc": 0.99, "ms": 12.0}, None, rule).promote
+        False
+        >>> decide_champion_by({"acc": 0.95, "ms": 8.0}, {"acc": 0.97, "ms": 11.0}, rule).promote
+        True
+        >>> decide_champion_by({"acc": 0.95, "ms": 8.0}, {"acc": 0.97, "ms": 9.0}, rule).promote
+        False
+    """
+    v = f" (version {champion_version})" if champion_version else ""
+    metric = selection.metric or "weighted sum"
+    new_score = _selected(new, selection)
+    old_score = _selected(champion, selection) if champion is not None else None
+    broken = selection.unmet(new)
+    if broken:
+        return ChampionDecision(False, f"kept: the new model breaks {selection.describe()!r} on "
+                                       f"the held-out data ({'; '.join(broken)})", new_score,
+                                old_score, champion_version)
+    if champion is not None and selection.unmet(champion):
+        return ChampionDecision(True, f"promoted: the new model meets {selection.describe()!r} "
+                                      f"on the held-out data ({metric} {new_score:.6g}); the "
+                                      f"champion{v} breaks it ("
+                                      f"{'; '.join(selection.unmet(champion))})", new_score,
+                                old_score, champion_version)
+    mode = selection.mode if selection.weights is None else "max"
+    d = decide_champion(new_score, old_score, mode, min_improvement, champion_version,
+                        metric=f"held-out {metric}")
+    return ChampionDecision(d.promote, f"{d.reason}; both meet {selection.describe()!r}"
+                            if champion is not None else
+                            f"{d.reason}; it meets {selection.describe()!r}", new_score,
+                            old_score, champion_version)
+
+
+def _selected(scores: Mapping[str, float], selection: Selection) -> float:
+    """The selection's metric (raw), or the weighted sum, of held-out scores."""
+    if selection.weights is not None:
+        return float(sum(w * float(scores[m]) for m, w in selection.weights.items()))
+    return float(scores[selection.metric or ""])
+
+
 def warm_start_spec(spec: ExperimentSpec, configs: Sequence[Mapping[str, Any]]
                     ) -> tuple[ExperimentSpec, list[dict[str, Any]]]:
     """``spec`` with ``configs`` (the previous run's best, best first) tried first.
@@ -143,12 +238,11 @@ def warm_start_spec(spec: ExperimentSpec, configs: Sequence[Mapping[str, Any]]
     return new, points
 
 
-def final_config(best_config: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None
-                 ) -> dict[str, Any]:
+def final_config(best_config: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None,
+                 why: str = "no trial reported the metric") -> dict[str, Any]:
     """The config the final model is fitted with: the tuning run's best, then ``overrides``."""
     if best_config is None:
-        raise ValueError("the tuning run has no best trial (no trial reported the metric): "
-                         "nothing to retrain")
+        raise ValueError(f"the tuning run has no best trial ({why}): nothing to retrain")
     return {**dict(best_config), **dict(overrides or {})}
 
 

@@ -82,8 +82,9 @@ def open_experiment(spec: ExperimentSpec, components: Components | None = None,
                       total_iterations=spec.stop.total_iterations,
                       metric_threshold=spec.stop.metric_threshold),
         seed=spec.seed, max_failures=spec.max_failures, fail_fast=spec.fail_fast,
-        stoppers=stopper_from_dict(spec.stop.model_dump(), spec.metric),
+        stoppers=stopper_from_dict(spec.stop.model_dump(), spec.primary_metric),
         trial_timeout_s=spec.timeout_s, resources=dict(spec.resources),
-        max_concurrent=spec.max_concurrent, replayed=state)
+        max_concurrent=spec.max_concurrent, replayed=state,
+        constraints=spec.constraints or None, selection=spec.selection())
     return ctl
 

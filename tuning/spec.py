@@ -27,10 +27,17 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tuning.backends import BACKEND_TYPES
 from tuning.space import Domain, SampleFrom, Space
@@ -98,8 +105,15 @@ class ExperimentSpec(BaseModel):
     trainable: str = Field(..., description="import path 'package.module:function' or "
                                             "'path/to/file.py:function'")
     space: dict[str, Any]
-    metric: str
-    mode: Literal["min", "max"] = "max"
+    metric: str | list[str] = Field(..., description="a metric name, or a list of them "
+                                                     "(multi-objective)")
+    mode: str | list[str] = Field("max", description="'min' or 'max', one per metric")
+    constraints: dict[str, Any] = Field(default_factory=dict, description="metric -> {min, "
+                                        "max}: a trial outside is infeasible")
+    select: str | None = Field(None, description="how one trial of a multi-objective run is "
+                               "picked, e.g. 'max accuracy s.t. latency_ms <= 20'")
+    weights: dict[str, Any] | None = Field(None, description="or a weighted sum to maximise, "
+                                           "e.g. {accuracy: 1.0, latency_ms: -0.01}")
     num_samples: int = Field(1, ge=1)
     scheduler: dict[str, Any] = Field(default_factory=lambda: {"type": "fifo"})
     searcher: dict[str, Any] = Field(default_factory=lambda: {"type": "random"})
@@ -122,6 +136,33 @@ class ExperimentSpec(BaseModel):
         if v is not None and not _NAME.match(v):
             raise ValueError(f"name must be letters, digits, '.', '_' or '-' (it names a "
                              f"directory and an MLflow experiment), got {v!r}")
+        return v
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _check_metric(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if not v or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"metric: must be a metric name or a non-empty list of names, "
+                                 f"got {v!r}")
+            return v[0] if len(v) == 1 else list(v)  # one metric: today's single objective
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"metric: must be a metric name or a non-empty list of names, "
+                             f"got {v!r}")
+        return v
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _check_mode(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, (list, tuple)):
+            bad = [x for x in v if x not in ("min", "max")]
+            if not v or bad:
+                raise ValueError(f"mode: each value must be 'min' or 'max', got {v!r}")
+            one = len(v) == 1 and isinstance(info.data.get("metric"), str)
+            return v[0] if one else list(v)
+        if v not in ("min", "max"):
+            raise ValueError(f"mode: must be 'min' or 'max' (a list of them for several "
+                             f"metrics), got {v!r}")
         return v
 
     @field_validator("trainable")
@@ -195,7 +236,34 @@ class ExperimentSpec(BaseModel):
         if sched.get("metric") not in (None, self.metric):
             raise ValueError(f"scheduler.metric {sched['metric']!r} differs from metric "
                              f"{self.metric!r}; leave it out")
+        from tuning._objective import Selection
+
+        objective = self.objective()  # lengths, modes, constraints: ValueError naming each
+        _check_objective_fits(objective, self.scheduler, self.searcher, self.stop)
+        Selection.build(objective, self.select, self.weights)
         return self
+
+    def objective(self) -> Any:
+        """The experiment's :class:`~tuning._objective.Objective` (metrics, modes,
+        constraints)."""
+        from tuning._objective import Objective
+
+        return Objective.build(self.metric, self.mode, self.constraints)
+
+    def selection(self) -> Any:
+        """The :class:`~tuning._objective.Selection` from ``select`` or ``weights``, or None."""
+        from tuning._objective import Selection
+
+        return Selection.build(self.objective(), self.select, self.weights)
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric (the first one of a multi-objective experiment)."""
+        return self.metric if isinstance(self.metric, str) else self.metric[0]
+
+    @property
+    def primary_mode(self) -> str:
+        return self.mode if isinstance(self.mode, str) else self.mode[0]
 
     # -- conveniences ----------------------------------------------------------------------
     def with_run_name(self) -> ExperimentSpec:
@@ -250,6 +318,32 @@ class ExperimentSpec(BaseModel):
         d["space"] = {k: sample_from_record(v) if isinstance(v, SampleFrom) else
                       (v.to_dict() if isinstance(v, Domain) else v) for k, v in space.items()}
         return _jsonable(d)
+
+
+def _check_objective_fits(objective: Any, scheduler: Mapping[str, Any],
+                          searcher: Mapping[str, Any], stop: StopSpec) -> None:
+    """Refuse, naming the field, a scheduler, searcher or stop condition that cannot work with
+    several metrics or with constraints."""
+    if objective.plain:
+        return
+    what = (f"metric {list(objective.metrics)}" if objective.multi else
+            f"constraints on {', '.join(objective.constraints)}")
+    kind = scheduler.get("type")
+    if isinstance(kind, str) and custom_component(scheduler) is None:
+        from tuning.schedulers._factory import scheduler_class
+
+        cls = scheduler_class(kind)
+        if not getattr(cls, "multi_objective", False):
+            raise ValueError(f"scheduler.type: {kind!r} ranks trials by one metric and knows no "
+                             f"constraints; with {what} use 'moasha' (multi-objective ASHA) or "
+                             "'fifo'")
+    if searcher.get("type") == "optuna" and isinstance(searcher.get("sampler", "tpe"), str):
+        from tuning.searchers._optuna import check_sampler_objective
+
+        check_sampler_objective(searcher.get("sampler", "tpe"), objective)
+    if objective.multi and stop.metric_threshold is not None:
+        raise ValueError(f"stop.metric_threshold: one threshold cannot stop a run with {what}; "
+                         "leave it out (use stop.time_budget_s or stop.total_iterations)")
 
 
 def sample_from_record(dom: SampleFrom) -> dict[str, Any]:
@@ -511,12 +605,14 @@ def _import_file(file: str) -> Any:
 
 
 def spec_diff(old: Mapping[str, Any], new: Mapping[str, Any],
-              fields: tuple[str, ...] = ("space", "metric", "mode", "num_samples", "scheduler",
-                                         "searcher", "trainable", "seed")) -> list[str]:
+              fields: tuple[str, ...] = ("space", "metric", "mode", "constraints", "num_samples",
+                                         "scheduler", "searcher", "trainable", "seed")) -> list[str]:
     """What changed between two JSON spec dicts, in the fields that resume cannot change."""
     out = []
     for f in fields:
         a, b = old.get(f), new.get(f)
+        if f == "constraints":  # a journal written before constraints existed has none
+            a, b = a or {}, b or {}
         if a != b:
             if isinstance(a, dict) and isinstance(b, dict):
                 keys = sorted(set(a) | set(b))

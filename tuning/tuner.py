@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,7 +37,7 @@ __all__ = ["Tuner", "component_spec"]
 
 _SCHEDULER_NAMES = {"FIFO": "fifo", "ASHA": "asha", "HyperBand": "hyperband",
                     "MedianStopping": "median", "MedianStoppingRule": "median", "PBT": "pbt",
-                    "BOHB": "bohb"}
+                    "BOHB": "bohb", "MOASHA": "moasha"}
 _SEARCHER_NAMES = {"RandomSearch": "random", "GridSearch": "grid", "OptunaSearch": "optuna"}
 
 
@@ -73,7 +74,9 @@ class Tuner:
         trainable: a function ``f(config)`` that calls :func:`tuning.report`, or its import
             path ``"package.module:function"``.
         space: parameter name -> domain (``uniform(...)``, ``loguniform(...)``, ...) or constant.
-        metric, mode: what to optimise, ``"min"`` or ``"max"``.
+        metric, mode: what to optimise, ``"min"`` or ``"max"``; lists of them for several
+            metrics (``metric=["accuracy", "latency_ms"], mode=["max", "min"]``: the result
+            then has a Pareto front, see :meth:`TuneResult.pareto_front`).
         num_samples: how many trials (times the grid size when the space has grids).
         scheduler, searcher: instances or spec dicts (``{"type": "asha", "max_t": 10}``).
         backend: ``{"type": "dask"}`` (default: a LocalCluster with a worker per core),
@@ -82,11 +85,13 @@ class Tuner:
         tracking_uri: MLflow; default SQLite under ``storage_path``.
         name: the experiment's name (a directory under storage_path and the MLflow experiment).
         **kwargs: any other :class:`~tuning.spec.ExperimentSpec` field (seed, max_failures,
-            fail_fast, timeout_s, resources, stop, max_concurrent, tags, ...).
+            fail_fast, timeout_s, resources, stop, max_concurrent, tags, constraints, select,
+            weights, ...).
     """
 
     def __init__(self, trainable: Callable[..., Any] | str, *, space: Mapping[str, Any],
-                 metric: str, mode: str = "max", num_samples: int = 1, scheduler: Any = None,
+                 metric: str | list[str], mode: str | list[str] = "max", num_samples: int = 1,
+                 scheduler: Any = None,
                  searcher: Any = None, backend: Mapping[str, Any] | None = None,
                  storage_path: str = "./runs", tracking_uri: str | None = None,
                  name: str | None = None, **kwargs: Any) -> None:
@@ -227,7 +232,16 @@ def _check_outcome(res: TuneResult) -> None:
     n = len(res.trials)
     where = f"; see `rungflow ls {res.path}`"
     error = f"; first error ({first[0]}): {first[1]}" if first else ""
-    if res.best_trial is None:
+    obj = res.objective
+    if obj is not None and not obj.plain:
+        if not any(all(math.isfinite(v) for v in obj.values(t.last_result))
+                   for t in res.trials):
+            raise NoResultError(f"no trial produced every metric of {obj.describe()} ({failed} "
+                                f"of {n} trials failed){error}{where}")
+        if not obj.front(res.trials):
+            warnings.warn(f"no trial of {n} meets the constraints ({obj.describe()}): the "
+                          "Pareto front is empty", TrialsFailedWarning, stacklevel=3)
+    elif res.best_trial is None:
         raise NoResultError(f"no trial produced metric {res.metric!r} ({failed} of {n} trials "
                             f"failed){error}{where}", res)
     if failed and failed == n:

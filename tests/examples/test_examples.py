@@ -4,8 +4,8 @@ resumes, through ``run_segment`` directly and through the Tuner on a 2-worker Da
 from __future__ import annotations
 
 import io
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -1,7 +1,8 @@
 """A small deterministic controller that drives a scheduler the way the engine does.
 
 Trials follow synthetic learning curves that cross (fast starters plateau high, slow starters
-end low), one trial errors, one reports NaN. Every call the controller makes and every answer
+end low), one trial errors, one reports NaN. Every result also carries ``cost``, a second
+metric that conflicts with ``loss`` (for multi-objective schedulers: ``metric=["loss", "cost"]``). Every call the controller makes and every answer
 the scheduler gives is logged; protocol violations raise ``ProtocolError``.
 """
 
@@ -36,13 +37,21 @@ def loss_curve(config: dict[str, Any], progress: int) -> float:
     return plateau + (1 - plateau) * math.exp(-progress * speed) + penalty
 
 
+def cost_of(config: dict[str, Any]) -> float:
+    """A second metric, fixed per config, that conflicts with the loss: small ``x`` ends with a
+    low loss but costs more."""
+    return 10.0 * (1.0 - float(config["x"])) + float(config["layers"])
+
+
 class Driver:
     """Simulates the controller: ``slots`` workers, ``num_samples`` trials, one step per tick."""
 
     def __init__(self, scheduler: Scheduler, *, num_samples: int = 20, slots: int = 3,
-                 max_iter: int = 9, seed: int = 0, metric: str = "loss", mode: str = "min") -> None:
+                 max_iter: int = 9, seed: int = 0, metric: str | list[str] = "loss",
+                 mode: str | list[str] = "min",
+                 constraints: dict[str, dict[str, float]] | None = None) -> None:
         self.num_samples, self.slots, self.max_iter, self.seed = num_samples, slots, max_iter, seed
-        self.metric, self.mode = metric, mode
+        self.metric, self.mode, self.constraints = metric, mode, constraints
         self.scheduler = self._prepare(scheduler)
         self.trials: dict[str, Trial] = {}
         self.running: list[str] = []
@@ -54,7 +63,11 @@ class Driver:
         self.done = False
 
     def _prepare(self, scheduler: Scheduler) -> Scheduler:
-        scheduler.set_objective(self.metric, self.mode, np.random.default_rng(self.seed))
+        rng = np.random.default_rng(self.seed)
+        if self.constraints:
+            scheduler.set_objective(self.metric, self.mode, rng, constraints=self.constraints)
+        else:
+            scheduler.set_objective(self.metric, self.mode, rng)
         scheduler.set_search_space(SPACE)
         return scheduler
 
@@ -151,7 +164,8 @@ class Driver:
             return
         self.progress[tid] += 1
         loss = float("nan") if tid == NAN_TRIAL else loss_curve(trial.config, self.progress[tid])
-        result = {ITERATION: it, "loss": loss, "time_total_s": 1.5 * it}
+        result = {ITERATION: it, "loss": loss, "cost": cost_of(trial.config),
+                  "time_total_s": 1.5 * it}
         trial.observe(result)
         decision = self.scheduler.on_result(trial, result)
         self.log.append(("result", tid, it, str(decision), trial.rung))

@@ -24,12 +24,27 @@ FACTORIES: dict[str, Callable[[], Scheduler]] = {
                                                         "lr": {"type": "loguniform", "low": 1e-3,
                                                                "high": 1.0}}),
     "bohb": lambda: make_scheduler("bohb", max_t=9, reduction_factor=3, min_points_in_model=3),
+    "moasha-stop": lambda: make_scheduler("moasha", max_t=9, reduction_factor=3),
+    "moasha-promote": lambda: make_scheduler("moasha", max_t=9, reduction_factor=3,
+                                             variant="promote"),
+    "moasha-brackets": lambda: make_scheduler("moasha", max_t=9, reduction_factor=3, brackets=2),
+    "moasha-constrained-stop": lambda: make_scheduler("moasha", max_t=9, reduction_factor=3),
+    "moasha-constrained-promote": lambda: make_scheduler("moasha", max_t=9, reduction_factor=3,
+                                                         variant="promote"),
+    "fifo-multi": lambda: make_scheduler("fifo", max_t=9),
 }
 NAMES = sorted(FACTORIES)
+_TWO = {"metric": ["loss", "cost"], "mode": ["min", "min"]}
+#: the objective each multi-objective configuration is driven with (the others: loss, min)
+OBJECTIVES: dict[str, dict] = {
+    "moasha-stop": _TWO, "moasha-promote": _TWO, "moasha-brackets": _TWO, "fifo-multi": _TWO,
+    "moasha-constrained-stop": {**_TWO, "constraints": {"cost": {"max": 7.0}}},
+    "moasha-constrained-promote": {**_TWO, "constraints": {"cost": {"max": 7.0}}},
+}
 
 
 def _run(name: str, *, seed: int = 0, swap_after: int | None = None) -> Driver:
-    driver = Driver(FACTORIES[name](), seed=seed)
+    driver = Driver(FACTORIES[name](), seed=seed, **OBJECTIVES.get(name, {}))
     if swap_after is not None:
         for _ in range(swap_after):
             driver.step()
@@ -63,3 +78,22 @@ def test_settings_are_json(name: str) -> None:
     settings = FACTORIES[name]().settings()
     assert isinstance(settings["type"], str)
     json.dumps(settings, allow_nan=False)
+
+
+CONSTRAINED = [n for n in NAMES if "constraints" in OBJECTIVES.get(n, {})]
+
+
+@pytest.mark.parametrize("name", CONSTRAINED)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_infeasible_trials_never_go_past_a_milestone(name: str, seed: int) -> None:
+    from ._drive import cost_of
+
+    driver = _run(name, seed=seed)
+    limit = OBJECTIVES[name]["constraints"]["cost"]["max"]
+    infeasible = {t.trial_id for t in driver.trials.values() if cost_of(t.config) > limit}
+    assert infeasible and len(infeasible) < len(driver.trials), "the seed tests nothing"
+    resumed = {e[1] for e in driver.log if e[0] == "resume"}
+    assert not resumed & infeasible
+    first = driver.scheduler.milestones()[0]
+    assert all(driver.trials[t].iteration <= first for t in infeasible)
+    assert any(driver.trials[t].iteration > first for t in set(driver.trials) - infeasible)

@@ -11,6 +11,7 @@ from tuning.schedulers import (
     ASHA,
     BOHB,
     FIFO,
+    MOASHA,
     PBT,
     SCHEDULER_TYPES,
     HyperBand,
@@ -20,7 +21,7 @@ from tuning.schedulers import (
 
 
 def test_types() -> None:
-    assert SCHEDULER_TYPES == ("asha", "bohb", "fifo", "hyperband", "median", "pbt")
+    assert SCHEDULER_TYPES == ("asha", "bohb", "fifo", "hyperband", "median", "moasha", "pbt")
 
 
 @pytest.mark.parametrize(("kind", "kwargs", "cls"), [
@@ -31,6 +32,7 @@ def test_types() -> None:
     ("median", {}, MedianStopping),
     ("hyperband", {"max_t": 81, "reduction_factor": 3}, HyperBand),
     ("pbt", {"perturbation_interval": 2}, PBT),
+    ("moasha", {"max_t": 27, "variant": "promote"}, MOASHA),
 ])
 def test_defaults_work(kind: str, kwargs: dict, cls: type) -> None:
     assert isinstance(make_scheduler(kind, **kwargs), cls)
@@ -38,7 +40,7 @@ def test_defaults_work(kind: str, kwargs: dict, cls: type) -> None:
 
 def test_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match=r"^scheduler.type: unknown 'x'; allowed: asha, bohb, "
-                                         r"fifo, hyperband, median, pbt$"):
+                                         r"fifo, hyperband, median, moasha, pbt$"):
         make_scheduler("x")
     with pytest.raises(ValueError, match=r"^scheduler.foo: unknown setting for asha; allowed: "
                                          r"max_t, grace_period, "):
@@ -53,7 +55,7 @@ def test_errors_name_the_field() -> None:
 
 
 @pytest.mark.parametrize("module", ["_asha", "_bohb", "_common", "_factory", "_fifo",
-                                    "_hyperband", "_median", "_pbt", "__init__"])
+                                    "_hyperband", "_median", "_moasha", "_pbt", "__init__"])
 def test_docstring_examples_run(module: str) -> None:
     name = "tuning.schedulers" + ("" if module == "__init__" else f".{module}")
     result = doctest.testmod(importlib.import_module(name))

@@ -34,6 +34,13 @@ def grid_space() -> Space:
                   "twice": sample_from(lambda c: 2 * c["a"])})
 
 
+def cost(config: dict[str, Any]) -> float:
+    """A second metric that conflicts with the loss (multi-objective cases)."""
+    if "x" in config:
+        return abs(config["x"] + 0.5) + 0.1 * config["n"]
+    return 4.0 - float(config["a"])
+
+
 def loss(config: dict[str, Any]) -> float:
     if "x" in config:
         return (config["x"] - 0.3) ** 2 + 0.01 * (config["n"] - 4) ** 2 + (config["act"] == "tanh") * 0.1
@@ -47,6 +54,9 @@ class Case:
     space: Callable[[], Space]
     random: bool = True  # different seeds give different configs
     per_sample: int = 1  # configs per sample: the grid points the searcher crosses
+    metric: Any = "loss"
+    mode: Any = "min"
+    constraints: dict[str, Any] | None = None
 
 
 CASES = [
@@ -60,6 +70,25 @@ CASES = [
     Case("optuna-qmc", lambda: OptunaSearch("qmc"), mixed_space, random=False),
     Case("limiter-random", lambda: ConcurrencyLimiter(RandomSearch(), 2), mixed_space),
     Case("limiter-tpe", lambda: ConcurrencyLimiter(OptunaSearch("tpe", n_startup_trials=3), 2), mixed_space),
+]
+_MO = {"metric": ["loss", "cost"], "mode": ["min", "min"]}
+_MOC = {**_MO, "constraints": {"cost": {"max": 0.9}}}
+CASES += [
+    Case("mo-random", RandomSearch, mixed_space, **_MOC),
+    Case("mo-grid", GridSearch, grid_space, random=False, per_sample=6, **_MO),
+    Case("mo-nsga2", lambda: OptunaSearch("nsga2", sampler_kwargs={"population_size": 4}),
+         mixed_space, **_MO),
+    Case("mo-nsga2-constrained",
+         lambda: OptunaSearch("nsga2", sampler_kwargs={"population_size": 4}), mixed_space,
+         **_MOC),
+    Case("mo-nsga3", lambda: OptunaSearch("nsga3", sampler_kwargs={"population_size": 4}),
+         mixed_space, **_MOC),
+    Case("mo-tpe", lambda: OptunaSearch("tpe", n_startup_trials=3), mixed_space, **_MOC),
+    Case("constrained-tpe", lambda: OptunaSearch("tpe", n_startup_trials=3), mixed_space,
+         constraints={"cost": {"max": 0.9}}),
+    Case("mo-limiter-tpe",
+         lambda: ConcurrencyLimiter(OptunaSearch("tpe", n_startup_trials=3), 2), mixed_space,
+         **_MOC),
 ]
 ids = [c.name for c in CASES]
 
@@ -83,14 +112,16 @@ class Driver:
         elif isinstance(out, dict):
             self.configs.append(out)
             self.pending.append((trial_id, out))
-            self.searcher.on_trial_result(trial_id, {"loss": loss(out) + 1.0})
+            self.searcher.on_trial_result(trial_id, {"loss": loss(out) + 1.0,
+                                                     "cost": cost(out) + 1.0})
         if len(self.pending) >= 2 or out is None or out == FINISHED:
             self._complete_oldest()
 
     def _complete_oldest(self) -> None:
         if self.pending:
             trial_id, config = self.pending.pop(0)
-            self.searcher.on_trial_complete(trial_id, {"loss": loss(config)})
+            self.searcher.on_trial_complete(trial_id, {"loss": loss(config),
+                                                       "cost": cost(config)})
 
     def run(self, n: int) -> list[dict[str, Any]]:
         for _ in range(n):
@@ -100,7 +131,9 @@ class Driver:
 
 def start(case: Case, seed: int, num_samples: int = 8) -> Driver:
     searcher = case.make()
-    searcher.setup(case.space(), "loss", "min", np.random.default_rng(seed), num_samples)
+    searcher.setup(case.space(), case.metric, case.mode, np.random.default_rng(seed), num_samples)
+    if case.constraints:
+        searcher.set_constraints(case.constraints)
     return Driver(searcher)
 
 
@@ -137,6 +170,7 @@ def test_restored_searcher_continues_identically(case: Case) -> None:
     state = json.loads(json.dumps(original.searcher.state_dict()))
     restored = start(case, 999, num_samples=20)  # another generator: the loaded state must win
     restored.searcher.load_state_dict(state)
+    assert json.loads(json.dumps(restored.searcher.state_dict())) == state
     restored.pending, restored.steps = list(original.pending), original.steps
     original.run(8)
     restored.run(8)

@@ -143,7 +143,7 @@ def test_make_searcher_builds_each_type() -> None:
 def test_make_searcher_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match=r"^searcher.type: unknown 'foo'; allowed: grid, optuna, random$"):
         make_searcher("foo")
-    with pytest.raises(ValueError, match=r"^searcher.sampler: unknown 'xyz'; allowed: cmaes, gp, qmc, random, tpe$"):
+    with pytest.raises(ValueError, match=r"^searcher.sampler: unknown 'xyz'; allowed: cmaes, gp, nsga2, nsga3, qmc, random, tpe$"):
         make_searcher("optuna", sampler="xyz")
     with pytest.raises(ValueError, match=r"searcher.sampler: unknown field for type 'random'"):
         make_searcher("random", sampler="tpe")

@@ -22,12 +22,14 @@ from tuning.schedulers._factory import SCHEDULER_TYPES, make_scheduler, schedule
 from tuning.schedulers._fifo import FIFO
 from tuning.schedulers._hyperband import HyperBand
 from tuning.schedulers._median import MedianStopping
+from tuning.schedulers._moasha import MOASHA, moasha_continues, moasha_promotable
 from tuning.schedulers._pbt import PBT
 
 __all__ = [
     "ASHA",
     "BOHB",
     "FIFO",
+    "MOASHA",
     "PBT",
     "SCHEDULER_TYPES",
     "Decision",
@@ -39,5 +41,7 @@ __all__ = [
     "StartNew",
     "Suggestion",
     "make_scheduler",
+    "moasha_continues",
+    "moasha_promotable",
     "scheduler_settings",
 ]

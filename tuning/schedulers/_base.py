@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from sortedcontainers import SortedList
 
+from tuning._objective import Objective
 from tuning._recorded import RecordsArgs
 from tuning._trial import ITERATION, TERMINAL, Status, Trial
 from tuning.space import Space
@@ -87,6 +88,15 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def _check_modes(mode: Any) -> Any:
+    """None, ``'min'``/``'max'``, or a list of them (several metrics)."""
+    if mode is None:
+        return None
+    if isinstance(mode, (list, tuple)):
+        return [check_mode(m) for m in mode]
+    return check_mode(mode)
+
+
 class Scheduler(RecordsArgs):
     """Base scheduler: FIFO behaviour (every trial runs to the end, new trials while allowed).
 
@@ -119,6 +129,9 @@ class Scheduler(RecordsArgs):
     #: whether the scheduler pauses trials (HyperBand, PBT, ASHA's promote variant) rather than
     #: only letting them run on or stopping them
     pauses_trials: bool = False
+    #: whether the scheduler works with several metrics and with constraints (FIFO, which ranks
+    #: nothing, and MO-ASHA); the others rank by one metric and are refused such an objective
+    multi_objective: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap a subclass's own ``on_trial_add``/``on_result`` so that the base class sees
@@ -129,21 +142,36 @@ class Scheduler(RecordsArgs):
         if "on_result" in cls.__dict__:
             cls.on_result = _noting_pause(cls.__dict__["on_result"])  # type: ignore[method-assign]
 
-    def __init__(self, *, metric: str | None = None, mode: str | None = None,
-                 time_attr: str = ITERATION, seed: int | None = None) -> None:
-        self.metric = metric
-        self.mode = check_mode(mode) if mode is not None else None
+    def __init__(self, *, metric: str | list[str] | None = None,
+                 mode: str | list[str] | None = None, time_attr: str = ITERATION,
+                 seed: int | None = None) -> None:
+        self.metric: Any = metric
+        self.mode: Any = _check_modes(mode)
         self.time_attr = time_attr
         self.rng = np.random.default_rng(seed)
+        self.objective: Objective | None = None
         self._paused = _PausedTrials()
 
     # -- configuration ---------------------------------------------------------------------
-    def set_objective(self, metric: str, mode: str, rng: np.random.Generator | None = None) -> None:
-        """Called by the controller before the first trial: the experiment's metric and mode."""
-        if self.metric is None:
-            self.metric = metric
-        if self.mode is None:
-            self.mode = check_mode(mode)
+    def set_objective(self, metric: str | list[str], mode: str | list[str],
+                      rng: np.random.Generator | None = None,
+                      constraints: Mapping[str, Any] | None = None) -> None:
+        """Called by the controller before the first trial: the experiment's metric and mode
+        (lists of them for a multi-objective experiment) and its constraints.
+
+        The scheduler's own ``metric``/``mode``, when given, win. ``self.objective`` holds the
+        whole :class:`~tuning._objective.Objective`; ``self.metric``/``self.mode`` the first
+        metric and its mode. A scheduler that ranks by one metric (``multi_objective`` False)
+        refuses several metrics or constraints with a ValueError naming ``scheduler.type``.
+        """
+        objective = Objective.build(metric if self.metric is None else self.metric,
+                                    mode if self.mode is None else self.mode, constraints)
+        if not objective.plain and not self.multi_objective:
+            raise ValueError(f"scheduler.type: {type(self).__name__} ranks trials by one metric "
+                             f"and knows no constraints; with {objective.describe()} use MOASHA "
+                             "('moasha') or FIFO ('fifo')")
+        self.objective = objective
+        self.metric, self.mode = objective.primary, objective.primary_mode
         if rng is not None:
             self.rng = rng
 

@@ -16,6 +16,7 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "fifo": ("tuning.schedulers._fifo", "FIFO"),
     "hyperband": ("tuning.schedulers._hyperband", "HyperBand"),
     "median": ("tuning.schedulers._median", "MedianStopping"),
+    "moasha": ("tuning.schedulers._moasha", "MOASHA"),
     "pbt": ("tuning.schedulers._pbt", "PBT"),
 }
 

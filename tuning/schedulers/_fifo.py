@@ -29,6 +29,8 @@ class FIFO(Scheduler):
         <Decision.STOP: 'STOP'>
     """
 
+    multi_objective = True  # FIFO ranks nothing: any number of metrics, any constraints
+
     def __init__(self, max_t: float | None = None, *, time_attr: str = ITERATION,
                  metric: str | None = None, mode: str | None = None,
                  seed: int | None = None) -> None:

@@ -34,9 +34,10 @@ class Searcher(RecordsArgs):
         self.mode: str | None = None
         self.rng: np.random.Generator = np.random.default_rng()
 
-    def setup(self, space: Space, metric: str, mode: str, rng: np.random.Generator,
+    def setup(self, space: Space, metric: Any, mode: Any, rng: np.random.Generator,
               num_samples: int = 1) -> None:
-        """Called once by the controller. ``num_samples`` is the experiment's sample count: a
+        """Called once by the controller (``metric``/``mode``: lists of them when the
+        experiment has several metrics). ``num_samples`` is the experiment's sample count: a
         searcher returns FINISHED after ``num_samples`` configs (times the number of grid points
         for searchers that cross grids)."""
         self.space, self.metric, self.mode, self.rng = space, metric, mode, rng
@@ -44,6 +45,18 @@ class Searcher(RecordsArgs):
 
     def settings(self) -> dict[str, Any]:
         return {"type": type(self).__name__.lower()}
+
+    def set_constraints(self, constraints: Mapping[str, Any]) -> None:
+        """The experiment's constraints (``metric -> {min, max}``), called after ``setup``
+        when there are any. The default ignores them (random and grid search need not know);
+        :class:`~tuning.searchers.OptunaSearch` tells its sampler."""
+
+    def set_fidelity(self, time_attr: str, max_t: float) -> None:
+        """The scheduler's resource attribute and its largest value, called after ``setup``
+        for multi-objective experiments with a scheduler that has a ``max_t``: a trial that
+        ended below it was stopped early, its values not comparable with fully trained ones.
+        The default ignores it; :class:`~tuning.searchers.OptunaSearch` tells such trials as
+        PRUNED."""
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
         raise NotImplementedError

@@ -48,6 +48,12 @@ class ConcurrencyLimiter(Searcher):
         super().setup(space, metric, mode, rng, num_samples)
         self.searcher.setup(space, metric, mode, rng, num_samples)
 
+    def set_constraints(self, constraints: Mapping[str, Any]) -> None:
+        self.searcher.set_constraints(constraints)
+
+    def set_fidelity(self, time_attr: str, max_t: float) -> None:
+        self.searcher.set_fidelity(time_attr, max_t)
+
     def settings(self) -> dict[str, Any]:
         return {**self.searcher.settings(), "max_concurrent": self.max_concurrent}
 

@@ -1,4 +1,6 @@
-"""Model-based search through Optuna's samplers with ask/tell (TPE, CMA-ES, GP, random, QMC).
+"""Model-based search through Optuna's samplers with ask/tell (TPE, CMA-ES, GP, random, QMC,
+NSGA-II, NSGA-III), one metric or several (``directions=``), with constraints told to the
+samplers that use them through ``constraints_func``.
 
 Optuna is imported lazily, inside methods, so ``import tuning.searchers`` stays light.
 """
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tuning._objective import Objective
 from tuning.searchers._base import FINISHED, Searcher
 from tuning.searchers._random import check_points, check_points_in_space
 from tuning.space import Space
@@ -21,18 +24,62 @@ from tuning.space import Space
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["SAMPLERS", "OptunaSearch"]
+__all__ = ["CONSTRAINT_SAMPLERS", "MULTI_OBJECTIVE_SAMPLERS", "SAMPLERS", "OptunaSearch",
+           "check_sampler_objective"]
 
 #: sampler names accepted by :class:`OptunaSearch`
-SAMPLERS = ("cmaes", "gp", "qmc", "random", "tpe")
+SAMPLERS = ("cmaes", "gp", "nsga2", "nsga3", "qmc", "random", "tpe")
 _WITH_STARTUP = ("cmaes", "gp", "tpe")
+#: samplers that optimise several metrics at once (Optuna's ``directions=``)
+MULTI_OBJECTIVE_SAMPLERS = ("gp", "nsga2", "nsga3", "qmc", "random", "tpe")
+#: samplers told about constraints; the others ignore them
+CONSTRAINT_SAMPLERS = ("gp", "nsga2", "nsga3", "tpe")
+#: a constraint whose metric is missing or not finite (finite, so that states stay JSON)
+_UNMET = 1e300
+#: the trial user attribute holding a told trial's constraint values (``<= 0``: satisfied)
+CONSTRAINTS_ATTR = "rungflow:constraints"
 
 
 def _sampler_class(name: str) -> Any:
     import optuna.samplers as s
 
     return {"cmaes": s.CmaEsSampler, "gp": s.GPSampler, "qmc": s.QMCSampler,
-            "random": s.RandomSampler, "tpe": s.TPESampler}[name]
+            "random": s.RandomSampler, "tpe": s.TPESampler, "nsga2": s.NSGAIISampler,
+            "nsga3": s.NSGAIIISampler}[name]
+
+
+def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna's ``constraints_func`` (before Optuna 5): the values told with the trial, read
+    from its user attribute."""
+    return list(trial.user_attrs[CONSTRAINTS_ATTR])
+
+
+def _set_constraint_api() -> bool:
+    """Whether this Optuna has ``Trial.set_constraint`` (5.0+, which deprecates
+    ``constraints_func``): constraint values are then set on the trial before it is told."""
+    import optuna
+
+    return _USE_SET_CONSTRAINT and hasattr(optuna.trial.Trial, "set_constraint")
+
+
+#: False forces the ``constraints_func`` path (a test covers it on Optuna 5)
+_USE_SET_CONSTRAINT = True
+
+
+def check_sampler_objective(sampler: str, objective: Objective) -> None:
+    """Refuse a sampler that cannot optimise ``objective``'s several metrics (ValueError
+    naming ``searcher.sampler``).
+
+    Example:
+        >>> check_sampler_objective("cmaes", Objective.build(["a", "b"], ["max", "min"]))
+        Traceback (most recent call last):
+        ...
+        ValueError: searcher.sampler: 'cmaes' optimises one metric; with metric ['a', 'b'] use one of gp, nsga2, nsga3, qmc, random, tpe
+    """
+    if objective.multi and sampler in SAMPLERS and sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        raise ValueError(f"searcher.sampler: {sampler!r} optimises one metric; with metric "
+                         f"{list(objective.metrics)} use one of "
+                         f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
 
 
 @contextmanager
@@ -67,10 +114,17 @@ class OptunaSearch(Searcher):
     ``sample_from`` parameters are filled in after asking. Returns :data:`FINISHED` after
     ``num_samples`` configs.
 
+    Several metrics (``setup`` with lists of metrics and modes) make a multi-objective study
+    (``directions=``): ``"tpe"`` (multi-objective TPE), ``"nsga2"``, ``"nsga3"``, ``"gp"``,
+    ``"random"`` and ``"qmc"`` handle it. Constraints (:meth:`set_constraints`) are told with
+    each completed trial (values ``<= 0`` are satisfied) to ``"tpe"``, ``"gp"``, ``"nsga2"``
+    and ``"nsga3"``: through ``Trial.set_constraint`` on Optuna 5+, else as a user attribute
+    that the sampler's ``constraints_func`` reads (Optuna's documented form before 5.0).
+
     Args:
-        sampler: one of ``"tpe"``, ``"cmaes"``, ``"gp"``, ``"random"``, ``"qmc"``, or an
-            ``optuna.samplers.BaseSampler`` instance (used as is: its own seeding, no exact
-            restore).
+        sampler: one of ``"tpe"``, ``"cmaes"``, ``"gp"``, ``"random"``, ``"qmc"``, ``"nsga2"``,
+            ``"nsga3"``, or an ``optuna.samplers.BaseSampler`` instance (used as is: its own
+            seeding, no exact restore, constraints only if it was built with them).
         seed: when given, the searcher uses ``numpy.random.default_rng(seed)`` instead of the
             controller's generator.
         points_to_evaluate: (partial) configs asked first, through ``Study.enqueue_trial``.
@@ -100,6 +154,8 @@ class OptunaSearch(Searcher):
         self.seed, self.n_startup_trials = seed, n_startup_trials
         self.sampler_kwargs = self._check_sampler_kwargs(sampler_kwargs)
         self.points_to_evaluate = check_points(points_to_evaluate)
+        self.objective: Objective | None = None
+        self._fidelity: tuple[str, float] | None = None
         self._make_sampler(0)  # fail now on bad sampler_kwargs
         self.count = 0
         self._next_point = 0
@@ -148,6 +204,9 @@ class OptunaSearch(Searcher):
         kwargs = dict(self.sampler_kwargs)
         if self.n_startup_trials is not None:
             kwargs["n_startup_trials"] = self.n_startup_trials
+        if self.objective is not None and self.objective.constrained and \
+                self.sampler_name in CONSTRAINT_SAMPLERS and not _set_constraint_api():
+            kwargs["constraints_func"] = _constraints_func
         for flag in ("warn_independent_sampling", "warn_asynchronous_seeding"):
             if flag in params and params[flag].default is True:  # not the deprecated ones
                 kwargs.setdefault(flag, False)
@@ -159,13 +218,19 @@ class OptunaSearch(Searcher):
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    def setup(self, space: Space, metric: str, mode: str, rng: np.random.Generator,
-              num_samples: int = 1) -> None:
-        """Bind the space and build the Optuna study (direction from ``mode``)."""
-        if mode not in ("min", "max"):
+    def setup(self, space: Space, metric: str | Sequence[str], mode: str | Sequence[str],
+              rng: np.random.Generator, num_samples: int = 1) -> None:
+        """Bind the space and build the Optuna study (direction from ``mode``; directions
+        from a list of modes, one per metric of a list)."""
+        if isinstance(mode, str) and mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if not isinstance(metric, str) or not metric:
+        if isinstance(metric, str) and not metric:
             raise ValueError(f"metric must be a non-empty string, got {metric!r}")
+        if not isinstance(metric, (str, list, tuple)):
+            raise ValueError(f"metric must be a non-empty string, got {metric!r}")  # noqa: TRY004
+        self.objective = Objective.build(metric, mode)
+        if self._sampler_instance is None:
+            check_sampler_objective(self.sampler_name, self.objective)
         _check_int("num_samples", num_samples, 1)
         space = Space(space)
         check_points_in_space(self.points_to_evaluate, space)
@@ -175,6 +240,15 @@ class OptunaSearch(Searcher):
         self._dists = space.to_optuna()
         self._study = self._new_study()
 
+    def set_constraints(self, constraints: Mapping[str, Any]) -> None:
+        """The experiment's constraints (``metric -> {min, max}``), after :meth:`setup`: each
+        completed trial is told its constraint values, read by the sampler's
+        ``constraints_func``."""
+        if self.objective is None:
+            raise RuntimeError("OptunaSearch.set_constraints before setup()")
+        self.objective = Objective.build(list(self.objective.metrics),
+                                         list(self.objective.modes), constraints)
+
     def settings(self) -> dict[str, Any]:
         return {"type": "optuna", "sampler": self.sampler_name, "seed": self.seed,
                 "n_startup_trials": self.n_startup_trials, "sampler_kwargs": self.sampler_kwargs,
@@ -183,11 +257,48 @@ class OptunaSearch(Searcher):
     def _new_study(self) -> optuna.Study:
         import optuna
 
+        obj = self.objective
         with _quiet():
+            if obj is not None and obj.multi:
+                return optuna.create_study(
+                    storage=optuna.storages.InMemoryStorage(),
+                    directions=["minimize" if m == "min" else "maximize" for m in obj.modes],
+                    sampler=self._make_sampler(0))
             return optuna.create_study(
                 storage=optuna.storages.InMemoryStorage(),
                 direction="minimize" if self.mode == "min" else "maximize",
                 sampler=self._make_sampler(0))
+
+    def set_fidelity(self, time_attr: str, max_t: float) -> None:
+        """With several metrics, a trial whose last result has ``time_attr < max_t`` (stopped
+        early by the scheduler) is told PRUNED: its values, measured on a smaller budget, are
+        not comparable with fully trained ones (TPE puts it in its "bad" group, NSGA-II leaves
+        it out of its population), as Optuna's own pruning does. One metric: ignored (the last
+        value is told, as before)."""
+        if self._multi:
+            self._fidelity = (time_attr, float(max_t))
+
+    @property
+    def _multi(self) -> bool:
+        return self.objective is not None and self.objective.multi
+
+    @property
+    def _constrained(self) -> bool:
+        return self.objective is not None and self.objective.constrained
+
+    def _reports(self, result: Mapping[str, Any]) -> bool:
+        return self.objective is not None and self.objective.primary in result
+
+    def _told(self, result: Mapping[str, Any]) -> Any:
+        """What is remembered of a result: the metric value (one metric, no constraints, as
+        before), else ``{"values": [...], "constraints": [...]}`` (None for a missing or
+        non-finite value)."""
+        assert self.objective is not None
+        if not self._multi and not self._constrained:
+            return _finite_or_none(result[self.objective.primary])
+        return {"values": [_finite_or_none(result.get(m)) for m in self.objective.metrics],
+                "constraints": [c if math.isfinite(c) else _UNMET
+                                for c in self.objective.violations(result)]}
 
     @property
     def study(self) -> optuna.Study:
@@ -223,44 +334,85 @@ class OptunaSearch(Searcher):
         return {k: v for k, v in point.items() if k not in self._dists}
 
     def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        """Remember the trial's last reported metric value."""
-        if trial_id in self._pending and self.metric is not None and self.metric in result:
-            self._last[trial_id] = _finite_or_none(result[self.metric])
+        """Remember the trial's last reported metric value (values and constraints)."""
+        if trial_id in self._pending and self._reports(result):
+            self._last[trial_id] = self._told(result)
 
     def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None,
                           error: bool = False) -> None:
-        """Tell the study the last metric value (FAIL on error or a missing/NaN metric)."""
+        """Tell the study the last metric value(s) (FAIL on error or a missing/NaN metric);
+        with constraints, their values go with the trial as a user attribute first."""
         import optuna
 
         number = self._pending.pop(trial_id, None)
-        value = self._last.pop(trial_id, None)
+        told = self._last.pop(trial_id, None)
         if number is None:
             return
-        if result is not None and self.metric is not None and self.metric in result:
-            value = _finite_or_none(result[self.metric])
+        if result is not None and self._reports(result):
+            told = self._told(result)
+        values = told.get("values") if isinstance(told, dict) else [told]
         with _quiet():
-            if error or value is None:
+            if error or told is None or any(v is None for v in values):
                 self.study.tell(number, state=optuna.trial.TrialState.FAIL)
-            else:
-                self.study.tell(number, value)
+                return
+            if isinstance(told, dict) and self._constrained:  # also for a pruned trial
+                self._tell_constraints(number, [float(c) for c in told["constraints"]])
+            if self._stopped_early(result):
+                self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
+                return
+            finite = [float(v) for v in values if v is not None]
+            self.study.tell(number, finite if self._multi else finite[0])
 
-    def add_evaluated_point(self, config: Mapping[str, Any], value: float) -> None:
-        """Add a completed trial evaluated elsewhere (warm start).
+    def _stopped_early(self, result: Mapping[str, Any] | None) -> bool:
+        if self._fidelity is None or result is None:
+            return False
+        t = result.get(self._fidelity[0])
+        return isinstance(t, (int, float)) and float(t) < self._fidelity[1]
+
+    def _tell_constraints(self, number: int, values: list[float]) -> None:
+        """The trial's constraint values (``<= 0``: satisfied), before it is told: through
+        ``Trial.set_constraint`` (Optuna 5+, one per bound, named ``<metric>.<min|max>``), else
+        as the user attribute the samplers' ``constraints_func`` reads."""
+        import optuna
+
+        study = self.study
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                          number)
+        if _set_constraint_api():
+            trial = optuna.trial.Trial(study, trial_id)
+            assert self.objective is not None
+            for name, value in zip(self.objective.violation_names(), values):
+                trial.set_constraint(name, value)
+        else:
+            study._storage.set_trial_user_attr(trial_id, CONSTRAINTS_ATTR, values)
+
+    def add_evaluated_point(self, config: Mapping[str, Any], value: float | Sequence[float]
+                            ) -> None:
+        """Add a completed trial evaluated elsewhere (warm start): ``value`` is the metric's
+        value, or a list of values, one per metric, for several metrics.
 
         Raises:
-            ValueError: when ``config`` lacks a parameter, a value lies outside the space, or
-                ``value`` is not a finite number.
+            ValueError: when ``config`` lacks a parameter, a value lies outside the space,
+                ``value`` is not a finite number (or list of them), or the search has
+                constraints (their values for the point are unknown).
         """
         import optuna
 
         study = self.study
-        finite = _finite_or_none(value)
-        if finite is None:
-            raise ValueError(f"add_evaluated_point: value must be a finite number, got {value!r}")
+        if self._constrained:
+            raise ValueError("add_evaluated_point: this search has constraints, and the point's "
+                             "constraint values are unknown; use points_to_evaluate instead")
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        finite = [_finite_or_none(v) for v in values]
+        n = len(self.objective.metrics) if self.objective is not None else 1
+        if len(finite) != n or any(v is None for v in finite):
+            raise ValueError(f"add_evaluated_point: value must be {n} finite number(s), got "
+                             f"{value!r}")
         params = self._params_in_space(config)
         with _quiet():
             study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=dict(self._dists), value=finite))
+                params=params, distributions=dict(self._dists),
+                **({"values": finite} if self._multi else {"value": finite[0]})))
 
     def _params_in_space(self, config: Mapping[str, Any]) -> dict[str, Any]:
         missing = sorted(set(self._dists) - set(config))
@@ -314,9 +466,23 @@ class OptunaSearch(Searcher):
 
 
 def _trial_to_dict(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {"number": trial.number, "state": trial.state.name, "params": dict(trial.params),
-            "value": trial.value if trial.state.name == "COMPLETE" else None,
-            "system_attrs": dict(trial.system_attrs)}
+    """A told trial as JSON: ``value`` (one metric) or ``values`` (several), its system
+    attributes (samplers' bookkeeping, e.g. NSGA-II's generation and the constraints) and,
+    when it has any, its user attributes (the constraint values told)."""
+    done = trial.state.name == "COMPLETE"
+    out = {"number": trial.number, "state": trial.state.name, "params": dict(trial.params)}
+    if done and trial.values is not None and len(trial.values) > 1:
+        out["values"] = list(trial.values)
+    else:
+        out["value"] = trial.value if done else None
+    out["system_attrs"] = _jsonable_attrs(trial.system_attrs)
+    if trial.user_attrs:
+        out["user_attrs"] = _jsonable_attrs(trial.user_attrs)
+    return out
+
+
+def _jsonable_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
 
 
 def _trial_from_dict(record: Mapping[str, Any], dists: Mapping[str, Any]) -> optuna.trial.FrozenTrial:
@@ -324,7 +490,13 @@ def _trial_from_dict(record: Mapping[str, Any], dists: Mapping[str, Any]) -> opt
 
     state = optuna.trial.TrialState[record["state"]]
     params = dict(record["params"])
+    done = state == optuna.trial.TrialState.COMPLETE
+    values = {"values": record["values"]} if "values" in record else \
+        {"value": record["value"] if done else None}
+    system_attrs = dict(record["system_attrs"])
+    if isinstance(system_attrs.get("constraints"), list):  # Optuna keeps them as a tuple
+        system_attrs["constraints"] = tuple(system_attrs["constraints"])
     return optuna.trial.create_trial(
         state=state, params=params, distributions={k: dists[k] for k in params},
-        value=record["value"] if state == optuna.trial.TrialState.COMPLETE else None,
-        system_attrs=dict(record["system_attrs"]))
+        user_attrs=dict(record.get("user_attrs") or {}), system_attrs=system_attrs,
+        **(values if done else {"value": None}))

@@ -10,6 +10,10 @@ journal after a crash never duplicates anything.
 The writer is a process of its own (a thread with ``RUNGFLOW_MLFLOW_WRITER=thread``), fed with
 the journal's durable groups; the tuning loop never waits on it (see :class:`MlflowTracker` for
 what is bounded and by what).
+
+A multi-objective run ends with its Pareto front: the front's trial runs tagged
+``rungflow.pareto=true``, the parent run tagged with the front's size and given the front as a
+table artifact (``pareto_front.json``) and a Pareto plot (``plots/pareto_front.png``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuning._objective import Objective
 from tuning._trial import ITERATION, Status
 from tuning.tracking._feed import CATCH_UP, WANTED, JournalReader, slim
 
@@ -224,7 +229,8 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, metric: str, mode: str,
                  parent_params: Mapping[str, Any] | None = None,
-                 tags: Mapping[str, str] | None = None, *, threads: int | None = None,
+                 tags: Mapping[str, str] | None = None,
+                 objective: Mapping[str, Any] | None = None, *, threads: int | None = None,
                  bulk: bool = True, page_size: int = 10_000, queue_batches: int = 4,
                  batch_events: int = 4096, max_pending_events: int = 16384,
                  drain_events: int = 20_000) -> None:
@@ -246,6 +252,11 @@ class MlflowTracker:
         self.threads, self.bulk, self.page_size = threads, bulk, page_size
         self.queue_batches, self.batch_events = queue_batches, batch_events
         self.max_pending_events, self.drain_events = max_pending_events, drain_events
+        #: the experiment's metrics and constraints (``Objective.to_dict()``), when not just
+        #: ``metric``; a multi-objective run's front is written at the end
+        self.objective_dict = dict(objective) if objective else None
+        self.objective = Objective.build(**objective) if objective else \
+            Objective((metric,), (mode,))
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
@@ -376,7 +387,7 @@ class MlflowTracker:
         if self._inq is not None:
             return
         args = (self.uri, self.experiment, self.run_name, self.metric, self.mode,
-                self.parent_params, self.tags)
+                self.parent_params, self.tags, self.objective_dict)
         if os.environ.get("RUNGFLOW_MLFLOW_WRITER", "process") == "thread":
             self._inq, self._outq = queue.Queue(self.queue_batches), queue.Queue()
             self._thread = threading.Thread(target=_writer_main, name="rungflow-mlflow",
@@ -697,6 +708,8 @@ class MlflowTracker:
             row["iterations"] = int(ev["result"][ITERATION])
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 row[self.metric] = float(v)
+            if not self.objective.plain:  # every metric's last value: the front comes from it
+                row["last"] = {m: ev["result"].get(m) for m in self.objective.reported}
         elif kind == "trial_status":
             self.board[tid]["status"] = ev["status"]
         elif kind == "segment_started" and ev.get("config"):
@@ -730,15 +743,43 @@ class MlflowTracker:
             if value is not None:
                 self._log_batch(self.parent_run_id, metrics=[Metric(
                     f"best_{self.metric}", float(value), int(time.time() * 1000), 0)])
+        if "pareto_front" in event:
+            tags += self._pareto(list(event["pareto_front"] or []))
         self._log_batch(self.parent_run_id, tags=tags)
         self.client.log_dict(self.parent_run_id, self.leaderboard(),  # type: ignore[arg-type]
                              "leaderboard.json")
         self.client.set_terminated(self.parent_run_id, "FINISHED")
 
+    def _pareto(self, front: list[str]) -> list[RunTag]:
+        """Tag the front's trial runs ``rungflow.pareto=true``; the front as a table artifact
+        of the parent run; the parent's tags."""
+        import pandas as pd
+
+        assert self.parent_run_id is not None
+        for tid in front:
+            if tid in self.runs:
+                self._log_batch(self.runs[tid], tags=[RunTag("rungflow.pareto", "true")])
+        rows = []
+        for tid in front:
+            row = self.board.get(tid, {})
+            rows.append({"trial_id": tid, "run_id": self.runs.get(tid),
+                         "status": row.get("status"), **(row.get("last") or {}),
+                         "iterations": row.get("iterations"),
+                         **{f"config/{k}": _param(v) if not isinstance(v, (int, float, str))
+                            else v for k, v in (row.get("config") or {}).items()}})
+        cols = ["trial_id", "run_id", "status", *self.objective.reported, "iterations"]
+        df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r
+                                                       if k.startswith("config/")}))
+        self.client.log_table(self.parent_run_id, data=df, artifact_file="pareto_front.json")
+        return [RunTag("rungflow.pareto_front_size", str(len(front))),
+                RunTag("rungflow.objective", self.objective.describe()[:5000])]
+
     def leaderboard(self) -> list[dict[str, Any]]:
         sign = -1 if self.mode == "max" else 1
         m = self.metric
-        return sorted(self.board.values(), key=lambda r: (r[m] is None, sign * (r[m] or 0)))
+        rows = [dict(r.get("last") or {}) | {k: v for k, v in r.items() if k != "last"}
+                for r in self.board.values()]
+        return sorted(rows, key=lambda r: (r[m] is None, sign * (r[m] or 0)))
 
     def plots_async(self, experiment_dir: str, out_dir: str) -> None:
         """Draw the plots from the journal and attach them to the parent run, in the writer:
@@ -757,7 +798,8 @@ class MlflowTracker:
         decisions = list(committed_events(journal.iter_events(), ("decision",)))
         curves = histories_from_events(committed_events(journal.iter_events(), ("result",)),
                                        self.metric)
-        paths = all_plots(st.trials, self.metric, self.mode, decisions, out_dir, curves)
+        paths = all_plots(st.trials, self.metric, self.mode, decisions, out_dir, curves,
+                          objective=self.objective)
         self.log_files(paths, "plots")
 
 

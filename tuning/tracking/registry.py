@@ -54,9 +54,11 @@ def _parse_param(v: str) -> Any:
 
 
 def previous_best_configs(tracking_uri: str, experiment: str, metric: str, mode: str,
-                          top_k: int = 3) -> PreviousRun:
+                          top_k: int = 3, pareto: bool = False) -> PreviousRun:
     """The top ``top_k`` configs of the latest finished tuning run of ``experiment``, best
-    first; an empty :class:`PreviousRun` when the experiment or a finished run is missing."""
+    first; an empty :class:`PreviousRun` when the experiment or a finished run is missing.
+    ``pareto``: only the runs of its Pareto front (tagged ``rungflow.pareto=true``), by
+    ``metric``."""
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None or top_k <= 0:
@@ -72,6 +74,8 @@ def previous_best_configs(tracking_uri: str, experiment: str, metric: str, mode:
     scored = []
     for r in kids:
         v = r.data.metrics.get(metric)
+        if pareto and r.data.tags.get("rungflow.pareto") != "true":
+            continue
         if "rungflow.trial_id" in r.data.tags and v is not None and math.isfinite(v):
             scored.append((v, r.data.tags["rungflow.trial_id"], r))
     sign = -1.0 if mode == "max" else 1.0
@@ -126,9 +130,11 @@ def _requirements(*dists: str) -> list[str]:
 
 def log_and_register(tracking_uri: str, experiment: str, run_name: str, model: Any,
                      model_name: str, config: Mapping[str, Any], holdout_score: float,
-                     tags: Mapping[str, str] | None = None) -> dict[str, str]:
+                     tags: Mapping[str, str] | None = None,
+                     holdout_metrics: Mapping[str, float] | None = None) -> dict[str, str]:
     """Log ``model`` in a new retrain run of ``experiment`` (params: the config; metric
-    ``holdout_score``) and register it as a new version of ``model_name``.
+    ``holdout_score``, and ``holdout_<name>`` for each of ``holdout_metrics``) and register it
+    as a new version of ``model_name``.
 
     Returns:
         ``{"run_id", "version", "model_uri"}``.
@@ -145,6 +151,8 @@ def log_and_register(tracking_uri: str, experiment: str, run_name: str, model: A
     client.log_batch(run_id, params=[Param(k, v if isinstance(v, str) else json.dumps(v))
                                      for k, v in list(config.items())[:100]])
     client.log_metric(run_id, "holdout_score", float(holdout_score))
+    for name, value in (holdout_metrics or {}).items():
+        client.log_metric(run_id, f"holdout_{name}", float(value))
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
