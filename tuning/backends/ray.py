@@ -268,6 +268,10 @@ class RayBackend(Backend):
         self._slots: tuple[float, int] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
+    def begin_start(self) -> None:
+        """Ray starts in the thread that will use it (``ray.init`` from another thread leaves
+        the driver unable to reach its GCS): :meth:`finish_start` starts it then."""
+
     def start(self) -> None:
         import ray
 

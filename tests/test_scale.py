@@ -1,0 +1,103 @@
+"""Flat at scale (fast, simulated): the journal grows linearly with the trials, a 100,000-event
+journal replays in memory bounded by its trials (not its events), and the driver keeps O(1)
+per trial."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+from tuning._trial import Trial
+from tuning.backends.simulated import CrossingCurves, SimulatedBackend
+from tuning.controller import Budget, Controller
+from tuning.experiment import Journal, replay
+from tuning.schedulers import ASHA
+from tuning.searchers import RandomSearch
+from tuning.space import Space, loguniform, uniform
+
+
+def _run(tmp_path, n: int) -> Controller:
+    d = str(tmp_path / f"exp-{n}")
+    return Controller(name="scale", trainable=CrossingCurves(max_t=9),
+                      space=Space({"lr": loguniform(1e-4, 1.0), "momentum": uniform(0, 1)}),
+                      metric="accuracy", mode="max",
+                      scheduler=ASHA(max_t=9, grace_period=1, reduction_factor=3),
+                      searcher=RandomSearch(), backend=SimulatedBackend(n_workers=16),
+                      journal=Journal(d), storage=d, budget=Budget(num_samples=n), seed=0).run()
+
+
+def test_the_journal_grows_linearly_with_the_trials(tmp_path):
+    small, large = _run(tmp_path, 150), _run(tmp_path, 1500)
+    per = [c.journal.bytes_written / len(c.trials) for c in (small, large)]
+    assert per[1] <= 1.15 * per[0], per
+    snapshots = [sum(1 for e in c.journal.iter_events() if e["event"] == "state")
+                 for c in (small, large)]
+    assert snapshots[1] < 10 * snapshots[0] + 5, snapshots  # not one per wave x trials
+
+
+def _journal(path, trials: int, results: int) -> int:
+    """A committed journal of ``trials`` x (``results`` + 1) events, a snapshot every 5,000."""
+    seq = 0
+    lines = []
+
+    def add(event: str, **data) -> None:
+        nonlocal seq
+        seq += 1
+        lines.append(json.dumps({"seq": seq, "t": 1.0 + seq, "event": event, **data}))
+        if seq % 5000 == 0:
+            seq += 1
+            lines.append(json.dumps({"seq": seq, "t": 1.0, "event": "state", "scheduler": {},
+                                     "searcher": {}, "controller": {}, "backend": {}}))
+
+    add("experiment_created", spec={"name": "x", "metric": "acc", "mode": "max"})
+    for i in range(trials):
+        tid = f"trial-{i:05d}"
+        add("trial_created", trial_id=tid, config={"lr": i / trials, "n": i})
+        for k in range(1, results + 1):
+            add("result", trial_id=tid, result={"training_iteration": k, "acc": k / results,
+                                                "time_total_s": 0.1 * k, "timestamp": 1e9 + k})
+    add("finished", reason="completed")
+    path.mkdir(parents=True)
+    (path / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    return seq
+
+
+def _peak_replay(path) -> tuple[int, int]:
+    tracemalloc.start()
+    try:
+        st = replay(Journal(str(path)).iter_events())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, st.events
+
+
+def test_a_100k_event_journal_replays_in_memory_bounded_by_its_trials(tmp_path):
+    trials = 5000
+    _journal(tmp_path / "half", trials, 9)
+    events = _journal(tmp_path / "full", trials, 19)
+    assert events >= 100_000
+    half, n_half = _peak_replay(tmp_path / "half")
+    full, n_full = _peak_replay(tmp_path / "full")
+    assert n_full >= 100_000 and n_full > 1.9 * n_half
+    # twice the events for the same trials: about the same memory (the trial table)
+    assert full <= 1.25 * half, (half, full)
+    tracemalloc.start()  # what holding the events would take, as a replay that read it all
+    try:
+        held = Journal(str(tmp_path / "full")).read()
+        everything = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(held) == n_full and full < 0.5 * everything, (full, everything)
+
+
+def test_a_trial_keeps_constant_memory_whatever_its_results():
+    import sys
+
+    def size(t: Trial) -> int:
+        return sum(sys.getsizeof(v) for v in (t.last_result, t.values, t.checkpoints))
+
+    few = Trial.with_results("a", {}, [{"training_iteration": k, "acc": 0.1} for k in range(3)])
+    many = Trial.with_results("b", {}, [{"training_iteration": k, "acc": 0.1}
+                                        for k in range(3000)])
+    assert size(many) == size(few) and many.num_results == 3000
