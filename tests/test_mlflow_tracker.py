@@ -21,8 +21,12 @@ from tuning.tracking.mlflow import MlflowTracker, replay_events
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory) -> str:
     """An empty, migrated SQLite store, copied per test (creating one takes seconds)."""
+    from tuning.tracking.mlflow import new_sqlite_store
+
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
+    # one self-contained file: a store MLflow opened in WAL mode keeps its last migration in
+    # mlflow.db-wal, which copying mlflow.db alone would leave behind
+    assert new_sqlite_store(f"sqlite:///{path}")
     return str(path)
 
 

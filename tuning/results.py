@@ -20,7 +20,7 @@ from tuning.experiment import (
 )
 
 __all__ = ["MultiObjectiveError", "NoResultError", "TrialsFailedWarning", "TuneResult",
-           "failure_summary", "front_markdown", "front_rows", "last_value", "leaderboard_rows", "load_result"]
+           "failure_summary", "front_markdown", "result_of", "front_rows", "last_value", "leaderboard_rows", "load_result"]
 
 #: trials that ran to their end: the only ones ``rungflow best`` names
 FINISHED = frozenset({Status.TERMINATED, Status.STOPPED})
@@ -55,7 +55,15 @@ def trial_row(t: Trial, metric: str, mode: str) -> dict[str, Any]:
             "wall_time_s": t.wall_time_s,
             "time_total_s": (t.last_result or {}).get("time_total_s"),
             "checkpoint": t.checkpoint, "error": error[-1] if error else None,
+            **{k: v for k, v in (t.last_result or {}).items()  # the other metrics, last values
+               if k not in _ROW_SKIP and k != metric and isinstance(v, (int, float))
+               and not isinstance(v, bool)},
             **{f"config/{k}": v for k, v in t.config.items()}}
+
+
+#: what a trial row leaves out of a last result (bookkeeping, or a column of its own)
+_ROW_SKIP = frozenset({"training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
+                       "checkpoint"})
 
 
 def leaderboard_rows(trials: Iterable[Trial], metric: str, mode: str) -> list[dict[str, Any]]:
@@ -243,12 +251,14 @@ class TuneResult:
             return df
         front = {t.trial_id for t in obj.front(self.trials)}
         last = {t.trial_id: t.last_result or {} for t in self.trials}
+        others = [m for m in obj.reported if m != self.metric]
         at = df.columns.get_loc(f"best_{self.metric}") + 1
-        for i, m in enumerate(m for m in obj.reported if m != self.metric):
-            df.insert(at + i, m, [_finite(last[tid].get(m)) for tid in df["trial_id"]])
-        df.insert(at + len(obj.reported) - 1, "feasible",
+        for i, m in enumerate(others):  # the objective's metrics next to the first one
+            values = df.pop(m) if m in df.columns else [None] * len(df)
+            df.insert(at + i, m, values)
+        df.insert(at + len(others), "feasible",
                   [obj.is_feasible(last[tid]) for tid in df["trial_id"]])
-        df.insert(at + len(obj.reported), "pareto", [tid in front for tid in df["trial_id"]])
+        df.insert(at + len(others) + 1, "pareto", [tid in front for tid in df["trial_id"]])
         return df
 
     def history(self, trial_id: str) -> list[dict[str, Any]]:
@@ -303,13 +313,18 @@ def load_result(path: str) -> TuneResult:
     if len(dirs) > 1:
         raise ValueError(f"{path!r} holds {len(dirs)} experiments; name one: "
                          + ", ".join(d.rsplit('/', 1)[-1] for d in dirs))
-    st = replay(Journal(dirs[0]).iter_events())
+    return result_of(dirs[0], replay(Journal(dirs[0]).iter_events()))
+
+
+def result_of(path: str, st: ExperimentState) -> TuneResult:
+    """The :class:`TuneResult` of an experiment at ``path`` whose state is ``st`` (replayed
+    from its journal, or the final state a run kept in memory); its spec gives the metrics."""
     spec = st.spec or {}
     metric, mode = spec.get("metric", ""), spec.get("mode", "max")
     objective = Objective.build(metric, mode, spec.get("constraints")) if metric else None
     selection = Selection.build(objective, spec.get("select"), spec.get("weights")) \
         if objective is not None else None
-    return TuneResult(name=spec.get("name", dirs[0].rsplit("/", 1)[-1]), path=dirs[0],
+    return TuneResult(name=spec.get("name", path.rsplit("/", 1)[-1]), path=path,
                       metric=objective.primary if objective else metric,
                       mode=objective.primary_mode if objective else mode, state=st,
                       tracking_uri=spec.get("tracking_uri"), objective=objective,

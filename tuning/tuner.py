@@ -22,6 +22,7 @@ from tuning.results import (
     TuneResult,
     failure_summary,
     load_result,
+    result_of,
 )
 from tuning.runner import Components
 from tuning.space import Domain, SampleFrom, Space
@@ -152,8 +153,7 @@ class Tuner:
         else:
             if state.spec is None:
                 state.spec = self.spec.to_json_dict()
-            res = TuneResult(name=self.spec.name, path=self.spec.experiment_dir(),
-                             metric=self.spec.metric, mode=self.spec.mode, state=state)
+            res = result_of(self.spec.experiment_dir(), state)
         res.tracking_uri = self.spec.effective_tracking_uri()
         return res
 

@@ -754,6 +754,7 @@ class MlflowTracker:
         """Tag the front's trial runs ``rungflow.pareto=true``; the front as a table artifact
         of the parent run; the parent's tags."""
         import pandas as pd
+        from mlflow.entities import RunTag
 
         assert self.parent_run_id is not None
         for tid in front:
