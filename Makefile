@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.digits
+	$(BIN)/python -m tuning.examples.digits
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=15

@@ -157,9 +157,9 @@ def count_task_runs(flow_run_id: Any) -> int:
 
 
 def run_seed(seed: int, root: str) -> dict[str, Any]:
-    from flows.tune import tune
     from tuning import ASHA, Tuner, choice, loguniform, uniform
     from tuning.experiment import Journal
+    from tuning.flows.tune import tune
 
     lat_dir = os.path.join(root, f"lat-{seed}")
     os.makedirs(lat_dir)

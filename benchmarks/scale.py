@@ -71,9 +71,9 @@ def child_runs(uri: str, experiment: str) -> int:
 def child(n: int, root: str) -> dict:
     """One size in this (fresh) process."""
     sys.path.insert(0, HERE)
-    from flows.tune import tune
     from tuning import ASHA, Tuner, uniform
     from tuning.experiment import Journal
+    from tuning.flows.tune import tune
 
     name = f"scale-{n}"
     uri = f"sqlite:///{root}/mlflow-{n}.db"

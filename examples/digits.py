@@ -4,8 +4,8 @@ The digits set is the offline stand-in for MNIST: no torchvision and no network 
 
 Run the demo (24 trials, ASHA up to 10 epochs, a Dask worker per core)::
 
-    python -m examples.digits                      # or: python examples/digits.py
-    python -m examples.digits --num-samples 4 --max-t 3 --storage /tmp/runs
+    python -m tuning.examples.digits                      # or: python examples/digits.py
+    python -m tuning.examples.digits --num-samples 4 --max-t 3 --storage /tmp/runs
 
 The same experiment as YAML: ``rungflow run examples/digits.yaml``.
 

@@ -7,7 +7,7 @@ trees in one fit equals the one grown step by step, so resuming refits it determ
 
 Run the demo::
 
-    python -m examples.sklearn_digits --num-samples 8 --max-t 10
+    python -m tuning.examples.sklearn_digits --num-samples 8 --max-t 10
 
 The same experiment as YAML: ``rungflow run examples/sklearn.yaml``.
 """
@@ -24,7 +24,7 @@ __all__ = ["main", "train_forest"]
 
 
 def _split() -> tuple[Any, Any, Any, Any]:
-    from examples.digits import load_split
+    from tuning.examples.digits import load_split
 
     x_tr, x_va, y_tr, y_va = load_split()  # the ConvNet's split, flattened to 64 features
     return x_tr.reshape(len(x_tr), -1), x_va.reshape(len(x_va), -1), y_tr, y_va

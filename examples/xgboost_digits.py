@@ -6,7 +6,7 @@ and a resumed trial continues boosting from it with ``xgb_model=``.
 
 Run the demo::
 
-    python -m examples.xgboost_digits --num-samples 8 --max-t 30
+    python -m tuning.examples.xgboost_digits --num-samples 8 --max-t 30
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def train_xgboost(config: dict[str, Any]) -> None:
     Config keys: ``eta``, ``max_depth``, ``subsample``, ``min_child_weight``, optional
     ``rounds`` and ``seed``.
     """
-    from examples.sklearn_digits import _split
+    from tuning.examples.sklearn_digits import _split
 
     x_tr, x_va, y_tr, y_va = _split()
     dtrain, dval = xgb.DMatrix(x_tr, label=y_tr), xgb.DMatrix(x_va, label=y_va)

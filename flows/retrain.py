@@ -18,7 +18,7 @@ there too), a new model breaking a condition on the held-out data is never promo
 that meets them beats a champion that does not.
 
 Deployable with a cron schedule (``deployments/prefect.yaml``, entrypoint
-``flows/retrain.py:retrain``). Bad parameters fail the flow run first thing, with the
+``tuning.flows.retrain:retrain``). Bad parameters fail the flow run first thing, with the
 ExperimentSpec's message naming the field.
 """
 
@@ -28,8 +28,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tune import tune
-from tasks.retrain import (
+from tuning.flows.tune import tune
+from tuning.retrain import check_retrain_options, retrain_selection
+from tuning.spec import validate_spec
+from tuning.tasks.retrain import (
     best_config,
     decide,
     decide_by,
@@ -43,11 +45,9 @@ from tasks.retrain import (
     score_holdout_metrics,
     warm_start,
 )
-from tuning.retrain import check_retrain_options, retrain_selection
-from tuning.spec import validate_spec
 
-DEFAULT_FIT = "examples.digits:fit_final"
-DEFAULT_EVALUATE = "examples.digits:evaluate_holdout"
+DEFAULT_FIT = "tuning.examples.digits:fit_final"
+DEFAULT_EVALUATE = "tuning.examples.digits:evaluate_holdout"
 
 
 def _flow_run_name() -> str:

@@ -5,13 +5,13 @@
       with provision(spec.backend) as cluster:     # closed when the flow ends (ExitStack)
         loop until the budget is spent:
           dispatch(experiment)         # a wave: seconds of work, each result decided at once
-          evaluate_rungs(experiment)   # between waves: rungs, budgets, a snapshot when due
+          end_wave(experiment)         # between waves: rungs, budgets, a snapshot when due
       summarize(experiment)            # leaderboard and summary artifacts; plots by the writer
 
 Task runs grow with wall time (waves double from 2 s to 30 s), not with trials or results;
 MLflow sees every journal event as soon as it is written, from its own process.
 
-Deployable as it is (``deployments/prefect.yaml``, entrypoint ``flows/tune.py:tune``): its
+Deployable as it is (``deployments/prefect.yaml``, entrypoint ``tuning.flows.tune:tune``): its
 parameters are the ExperimentSpec's fields, validated before anything starts.
 """
 
@@ -22,17 +22,17 @@ from typing import Any
 
 from prefect import flow
 
-from tasks import (
+from tuning import live
+from tuning.assemble import Components
+from tuning.spec import ExperimentSpec, validate_spec
+from tuning.tasks import (
     Progress,
     dispatch,
-    evaluate_rungs,
+    end_wave,
     open_experiment_task,
     provision_cluster,
     summarize,
 )
-from tuning import live
-from tuning.runner import Components
-from tuning.spec import ExperimentSpec, validate_spec
 
 
 def _flow_run_name() -> str:
@@ -65,7 +65,7 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
         progress = Progress()
         while not ctl.done:
             dispatch(ctl)
-            evaluate_rungs(ctl)
+            end_wave(ctl)
             progress.update(ctl)
         live.notify(ctl, force=True)
         ctl.backend.begin_close()  # nothing runs on the cluster now: it goes meanwhile

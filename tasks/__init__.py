@@ -1,14 +1,14 @@
 """Prefect tasks: thin wrappers over the engine (``tuning``) and its MLflow projection."""
 
-from tasks.cluster import provision_cluster
-from tasks.experiment import open_experiment_task
-from tasks.record import Progress, summarize
-from tasks.waves import dispatch, evaluate_rungs
+from tuning.tasks.cluster import provision_cluster
+from tuning.tasks.experiment import open_experiment_task
+from tuning.tasks.record import Progress, summarize
+from tuning.tasks.waves import dispatch, end_wave
 
 __all__ = [
     "Progress",
     "dispatch",
-    "evaluate_rungs",
+    "end_wave",
     "open_experiment_task",
     "provision_cluster",
     "summarize",

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tuning.assemble import Components, open_experiment
 from tuning.controller import Controller
-from tuning.runner import Components, open_experiment
 from tuning.spec import ExperimentSpec
 from tuning.tracking.mlflow import MlflowTracker, check_tracking_uri
 

@@ -1,4 +1,5 @@
-"""One wave of the tuning run: a window of work dispatched, then the rungs evaluated."""
+"""One wave of the tuning run: a window of work dispatched (every result decided as it
+arrives), then the wave's end (rungs closed, budgets, a state snapshot when one is due)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ def dispatch(ctl: Controller) -> dict[str, Any]:
     return asdict(ctl.run_wave())
 
 
-@task(name="evaluate-rungs", cache_policy=NONE, persist_result=False)
-def evaluate_rungs(ctl: Controller) -> dict[str, Any]:
-    """Between waves: rungs closed by a scheduler that pauses trials, budgets, a state
-    snapshot when one is due; returns the trials per rung and per status."""
+@task(name="end-wave", cache_policy=NONE, persist_result=False)
+def end_wave(ctl: Controller) -> dict[str, Any]:
+    """Between waves (every message was handled in ``dispatch``): stop the paused trials that
+    a scheduler dropped at a closed rung (HyperBand), check the time budget, and append the
+    state snapshot that resume replays up to when the snapshot policy says one is due;
+    returns the trials per rung and per status."""
     return ctl.end_wave()

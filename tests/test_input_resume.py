@@ -8,10 +8,10 @@ import os
 import pytest
 
 from tuning import FIFO, Tuner, sample_from, uniform
+from tuning.assemble import open_experiment
 from tuning.cli import main as cli
 from tuning.experiment import Journal
 from tuning.results import TuneResult
-from tuning.runner import open_experiment
 from tuning.searchers import RandomSearch
 from tuning.spec import SpecError, validate_spec
 from tuning.stoppers import stopper_from_dict

@@ -17,7 +17,7 @@ from tuning.spec import validate_spec
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 DASK_PRESETS = sorted(DEPLOYMENTS.glob("dask-*.yaml"))
-MINIMAL = {"trainable": "examples.digits:train_digits",
+MINIMAL = {"trainable": "tuning.examples.digits:train_digits",
            "space": {"x": {"type": "uniform", "low": 0, "high": 1}}, "metric": "m"}
 
 
@@ -143,11 +143,14 @@ def test_dask_preset_keywords_exist(path):
 def test_every_expected_preset_is_there():
     names = {p.name for p in DEPLOYMENTS.glob("*.yaml")}
     assert {"dask-fargate.yaml", "dask-ec2-spot.yaml", "dask-gcp.yaml", "dask-azure.yaml",
-            "ray-aws.yaml", "ray-aws-backend.yaml"} <= names
+            "ray-aws.yaml", "ray-aws-backend.yaml", "ray-onprem.yaml",
+            "ray-onprem-backend.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", [*DASK_PRESETS, DEPLOYMENTS / "ray-aws-backend.yaml"],
-                         ids=lambda p: p.name)
+RAY_BACKENDS = [DEPLOYMENTS / "ray-aws-backend.yaml", DEPLOYMENTS / "ray-onprem-backend.yaml"]
+
+
+@pytest.mark.parametrize("path", [*DASK_PRESETS, *RAY_BACKENDS], ids=lambda p: p.name)
 def test_preset_backend_validates_in_a_spec(path):
     backend = _load(path)["backend"]
     spec = validate_spec({**MINIMAL, "backend": backend})
@@ -155,8 +158,9 @@ def test_preset_backend_validates_in_a_spec(path):
     assert spec.backend == backend
 
 
-def test_ray_backend_preset_points_at_the_cluster_yaml():
-    backend = _load(DEPLOYMENTS / "ray-aws-backend.yaml")["backend"]
+@pytest.mark.parametrize("path", RAY_BACKENDS, ids=lambda p: p.name)
+def test_ray_backend_preset_points_at_the_cluster_yaml(path):
+    backend = _load(path)["backend"]
     assert (DEPLOYMENTS.parent / backend["cluster_config"]).is_file()
 
 
@@ -179,6 +183,31 @@ def test_ray_cluster_yaml_validates_against_rays_schema():
     assert workers and all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
                            for t in workers)
     assert any("rungflow" in c for c in cfg["setup_commands"])
+
+
+def test_ray_onprem_yaml_validates_against_rays_schema():
+    """The local provider's file (run for real by tests/e2e/test_ray_cluster_launcher.py)."""
+    import jsonschema
+
+    from tuning.backends.ray import _client_server_port
+
+    cfg = _load(DEPLOYMENTS / "ray-onprem.yaml")
+    jsonschema.validate(cfg, _ray_schema())
+    assert cfg["provider"]["type"] == "local"
+    assert cfg["max_workers"] == len(cfg["provider"]["worker_ips"])
+    assert _client_server_port(str(DEPLOYMENTS / "ray-onprem.yaml")) == 10001
+
+
+def test_the_launched_heads_client_port_is_read_from_the_cluster_yaml(tmp_path):
+    from tuning.backends.ray import _client_server_port
+
+    cfg = _load(DEPLOYMENTS / "ray-onprem.yaml")
+    cfg["head_start_ray_commands"] = ["ray stop", "ray start --head --ray-client-server-port 20001"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert _client_server_port(str(tmp_path / "c.yaml")) == 20001
+    cfg["head_start_ray_commands"] = ["ray start --head"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert _client_server_port(str(tmp_path / "c.yaml")) == 10001  # Ray's default
 
 
 def test_ray_schema_rejects_an_unknown_top_level_key():

@@ -115,21 +115,21 @@ def test_final_config_overrides_and_no_best():
 
 
 def test_options_name_the_bad_parameter():
-    ok = ("m", "examples.digits:fit_final", "examples.digits:evaluate_holdout", 3, None, 0.0)
+    ok = ("m", "tuning.examples.digits:fit_final", "tuning.examples.digits:evaluate_holdout", 3, None, 0.0)
     check_retrain_options(*ok)
-    bad = [(0, "bad name", "model_name"), (1, "examples.digits", "fit"),
-           (2, "examples.digits:nope", "evaluate"), (2, "no_such_module_x:f", "evaluate"),
+    bad = [(0, "bad name", "model_name"), (1, "tuning.examples.digits", "fit"),
+           (2, "tuning.examples.digits:nope", "evaluate"), (2, "no_such_module_x:f", "evaluate"),
            (3, -1, "warm_start_top_k"), (4, "up", "holdout_mode"), (5, -0.1, "min_improvement")]
     for i, value, field in bad:
         args = list(ok)
         args[i] = value
         with pytest.raises(SpecError, match=f"^{field}"):
             check_retrain_options(*args)
-    assert resolve_callable("examples.digits:fit_final", "fit").__name__ == "fit_final"
+    assert resolve_callable("tuning.examples.digits:fit_final", "fit").__name__ == "fit_final"
 
 
 def test_retrain_flow_fails_first_thing_on_a_bad_spec():
-    from flows.retrain import retrain
+    from tuning.flows.retrain import retrain
 
     with pytest.raises(SpecError, match=r"scheduler\.type: unknown 'nope'"):
         retrain.fn(spec={**SPEC, "scheduler": {"type": "nope"}})

@@ -77,7 +77,7 @@ def test_retrain_flow_takes_the_champion_by_a_held_out_latency_limit(tmp_path: P
     from mlflow.tracking import MlflowClient
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.retrain import retrain
+    from tuning.flows.retrain import retrain
     from tests.trainables import evaluate_mo
 
     spec: dict[str, Any] = {

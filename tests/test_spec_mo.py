@@ -12,7 +12,7 @@ import yaml
 from tuning import Tuner, uniform
 from tuning.cli import main as cli
 from tuning.results import load_result
-from tuning.runner import open_experiment
+from tuning.assemble import open_experiment
 from tuning.spec import SpecError, load_spec, spec_diff, validate_spec
 
 BASE = {"name": "mo", "trainable": "tests.trainables:SIM_MO",

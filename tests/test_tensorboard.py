@@ -77,13 +77,31 @@ def test_hparams_cover_every_metric_without_a_named_one(tmp_path):
     assert {"hparam/loss", "hparam/acc", "hparam/time_total_s"} <= set(s)
 
 
-def test_the_event_files_read_back_with_tensorboard_if_installed(tmp_path):
-    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+def test_the_event_files_read_back_with_tensorboards_own_reader(tmp_path):
+    """TensorBoard (a dev dependency) reads what TensorBoard's UI would show: every scalar at
+    its step and value, the config as text, and the hparams plugin's session for the trial."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     t = _trial("trial-000", 3)
     (d,) = write_tensorboard([t], str(tmp_path), metric="loss", histories=H([t]))
-    acc = ea.EventAccumulator(d)
+    acc = EventAccumulator(d, size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
+    assert {"loss", "acc", "time_total_s", "hparam/loss"} <= set(acc.Tags()["scalars"])
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == \
+        [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("acc")] == \
+        [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert [(e.step, e.value) for e in acc.Scalars("hparam/loss")] == \
+        [(3, pytest.approx(1 / 3))]
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["lr"].number_value == pytest.approx(0.01)
+    assert start.hparams["opt"].string_value == "adam"
+    texts = [tag for tag in acc.Tags()["tensors"] if "config" in tag]
+    assert texts, acc.Tags()
+    assert b'"lr": 0.01' in acc.Tensors(texts[0])[0].tensor_proto.string_val[0]
 
 
 def test_missing_tensorboardx_names_the_pip_command(monkeypatch, tmp_path):

@@ -7,7 +7,7 @@ to ``max_wave_s``): within it every backend message is applied at once (O(1) wor
 the scheduler's own), the answer to a trial waiting at a decision point goes straight back,
 and new segments start as slots free. Between waves :meth:`end_wave` closes rungs and, when the
 journal's :class:`~tuning.experiment.SnapshotPolicy` says one is due, writes a state snapshot. Events go to the journal's group commits; nothing here waits on a disk, on
-Prefect or on MLflow. ``flows/tune.py`` runs one ``dispatch`` and one ``evaluate-rungs`` task
+Prefect or on MLflow. ``flows/tune.py`` runs one ``dispatch`` and one ``end-wave`` task
 per wave.
 """
 
@@ -127,6 +127,7 @@ class Controller:
         self.trials: dict[str, Trial] = {}
         self.flights: dict[str, _Flight] = {}
         self.to_resubmit: list[str] = []
+        self._decided_at_crash: dict[str, Ending] = {}  # see _restore
         self.trial_count = 0
         self.segment_count = 0
         self.iterations_total = 0
@@ -143,12 +144,15 @@ class Controller:
         self._seg_ema: float | None = None  # wall seconds a segment takes
         self._report = WaveReport()
         self._snap_bytes, self._snap_at, self._snap_t = 0, 0, time.monotonic()
-        self._max_trials = self.budget.num_samples * max(len(self.space.grid_points()), 1)
         rng = np.random.default_rng(self.seed)
         s_seed, r_seed = rng.integers(2**31, size=2)
         bind_objective(self.objective, self.scheduler, self.searcher, self.space,
                        np.random.default_rng(int(s_seed)), np.random.default_rng(int(r_seed)),
                        self.budget.num_samples)
+        # as many as the searcher gives (a grid search crosses choices too; every one of
+        # points_to_evaluate runs), else num_samples per grid point
+        self._max_trials = self.searcher.max_configs() or \
+            self.budget.num_samples * max(len(self.space.grid_points()), 1)
 
     # -- opening ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -164,6 +168,9 @@ class Controller:
 
         self._emit("run_started", resumed=bool(st and st.state), backend=self.backend.describe(),
                    pid=os.getpid(), host=socket.gethostname())
+        for tid, ending in self._decided_at_crash.items():
+            self._apply_decided_ending(self.trials[tid], ending)
+        self._decided_at_crash.clear()
         self.commit()
 
     def _restore(self, st: ExperimentState) -> None:
@@ -185,14 +192,28 @@ class Controller:
             self.backend.load_state_dict(state["backend"])
             in_flight = self.backend.running_trials()  # a simulated backend resumes exactly
         for tid, fl in c.get("flights", {}).items():
+            ending = Ending(Status(fl["end_as"]), fl.get("error")) if fl.get("end_as") else None
             if tid in in_flight:
                 flight = _Flight(Segment(**fl["segment"]), started=bool(fl.get("started")))
-                if fl.get("end_as"):
-                    flight.end_as(Status(fl["end_as"]), fl.get("error"))
+                flight.ending = ending
                 self.flights[tid] = flight
+            elif ending is not None:  # decided, its segment's end lost: applied by open()
+                self._decided_at_crash[tid] = ending
         for trial in self.trials.values():
-            if trial.status == Status.RUNNING and trial.trial_id not in in_flight:
+            if trial.status == Status.RUNNING and trial.trial_id not in in_flight and \
+                    trial.trial_id not in self._decided_at_crash:
                 self.to_resubmit.append(trial.trial_id)  # interrupted: again from its checkpoint
+
+    def _apply_decided_ending(self, trial: Trial, ending: Ending) -> None:
+        """End a trial whose segment was lost after its ending was decided (and committed), as
+        its segment's end would have: a STOP is not undone by training it on."""
+        if ending.status == Status.PAUSED:
+            if self.scheduler.needs_checkpoints and trial.checkpoint is None:
+                self._end(trial, Status.ERROR, error=_needs_checkpoint_message(self.scheduler))
+            else:
+                self._set_status(trial, Status.PAUSED)
+        else:
+            self._end(trial, ending.status, error=ending.error)
 
     # -- planning --------------------------------------------------------------------------
     def _can_start_new(self) -> bool:

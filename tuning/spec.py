@@ -4,7 +4,7 @@ deployment parameters.
 Example (the YAML form)::
 
     name: digits-asha
-    trainable: examples.digits:train_digits
+    trainable: tuning.examples.digits:train_digits
     metric: mean_accuracy
     mode: max
     num_samples: 24

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tuning._env import quiet_defaults
+from tuning.assemble import Components
 from tuning.experiment import ExperimentState
 from tuning.results import (
     NoResultError,
@@ -24,7 +25,6 @@ from tuning.results import (
     load_result,
     result_of,
 )
-from tuning.runner import Components
 from tuning.space import Domain, SampleFrom, Space
 from tuning.spec import (
     ExperimentSpec,
@@ -134,7 +134,7 @@ class Tuner:
         is raised with the first error instead.
         """
         quiet_defaults()
-        from flows.tune import tune
+        from tuning.flows.tune import tune
 
         self.components.extra.pop("final_state", None)
         out = tune(spec=self.spec, resume=resume, components=self.components)

@@ -142,8 +142,10 @@ def test_decision_point_waits_for_the_answer_and_kill_reports_lost_once(tmp_path
         msgs = _poll_until(b, [], lambda m: isinstance(m, Result) and m.awaits, deadline)
         waiting = [m for m in msgs if isinstance(m, Result) and m.awaits]
         assert [m.result["training_iteration"] for m in waiting] == [2]
-        time.sleep(0.5)  # the trial waits: nothing past iteration 2 arrives meanwhile
-        msgs += b.poll(0.0)
+        # the trial waits: nothing past iteration 2 arrives within 0.5 s (25 iterations' time),
+        # and the wait ends at once if something does
+        past = lambda m: isinstance(m, Result) and m.result["training_iteration"] > 2
+        msgs = _poll_until(b, msgs, past, time.monotonic() + 0.5)
         assert max(m.result["training_iteration"] for m in msgs if isinstance(m, Result)) == 2
         b.decide("t0", 3, 2, False)  # go on
         msgs = _poll_until(b, msgs, lambda m: isinstance(m, (Done, Lost)), deadline)

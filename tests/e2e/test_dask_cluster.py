@@ -33,25 +33,41 @@ def _spawn(args, env):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A scheduler and three single-thread workers (no nanny: a killed worker stays dead)."""
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    env = dict(os.environ, MARKS=str(marks), PYTHONPATH=os.getcwd(), DO_NOT_TRACK="1")
-    port = _port()
-    procs = [_spawn(["scheduler", "--host", "127.0.0.1", "--port", str(port),
-                     "--dashboard-address", ":0"], env)]
-    addr = f"tcp://127.0.0.1:{port}"
-    time.sleep(2)
-    procs += [_spawn(["worker", addr, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
-                      "--dashboard-address", ":0", "--resources", "CPU=1"], env)
-              for _ in range(3)]
-    from distributed import Client
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dask scheduler on port {port} did not start") from None
+            time.sleep(0.05)
 
-    with Client(addr, timeout=30) as c:
-        c.wait_for_workers(3, timeout=60)
-    yield addr, procs[1:], marks
+
+def _start(env: dict[str, str], workers: list[list[str]]):
+    """A scheduler and one ``dask worker`` per entry of ``workers`` (its extra arguments),
+    without nannies (a killed worker stays dead); returns the address and the processes."""
+    port = _port()
+    scheduler = _spawn(["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                        "--dashboard-address", ":0"], env)
+    procs = [scheduler]
+    try:
+        _wait_for_port(port, scheduler)
+        addr = f"tcp://127.0.0.1:{port}"
+        procs += [_spawn(["worker", addr, "--no-nanny", "--host", "127.0.0.1",
+                          "--dashboard-address", ":0", *args], env) for args in workers]
+        from distributed import Client
+
+        with Client(addr, timeout=30) as c:
+            c.wait_for_workers(len(workers), timeout=60)
+    except BaseException:
+        _stop(procs)
+        raise
+    return addr, procs
+
+
+def _stop(procs) -> None:
     for p in procs[1:] + procs[:1]:  # workers first, then the scheduler
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
@@ -60,6 +76,30 @@ def cluster(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def _env(tmp_path) -> dict[str, str]:
+    return dict(os.environ, MARKS=str(tmp_path / "marks"), PYTHONPATH=os.getcwd(),
+                DO_NOT_TRACK="1")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A scheduler and three single-thread workers declaring CPU=1 each."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    addr, procs = _start(_env(tmp_path), [["--nthreads", "1", "--resources", "CPU=1"]] * 3)
+    yield addr, procs[1:], marks
+    _stop(procs)
+
+
+@pytest.fixture
+def threaded_cluster(tmp_path):
+    """Two workers of three threads each, each declaring CPU=2: threads would run six trials
+    at once, the CPU resource only four."""
+    addr, procs = _start(_env(tmp_path), [["--nthreads", "3", "--resources", "CPU=2"]] * 2)
+    yield addr
+    _stop(procs)
 
 
 def _kill_busy_worker(marks, workers, killed):
@@ -119,15 +159,26 @@ def test_resources_no_worker_has_are_refused_up_front(cluster, tmp_path):
         tuner.run()
 
 
-def test_resources_limit_concurrency(cluster, tmp_path):
-    addr, _, _ = cluster
-    res = Tuner("tests.trainables:curve", space={"x": uniform(0, 1), "iters": 4, "sleep": 0.1},
-                metric="score", mode="max", num_samples=6,
-                backend={"type": "dask", "address": addr}, resources={"cpu": 1},
+def _most_at_once(path: str) -> int:
+    """The most trials running at one moment, from the journal's result events (each trial's
+    span: its first iteration's start to its last report), measured by the trainable."""
+    spans: dict[str, list[float]] = {}
+    for e in Journal(path).read():
+        if e["event"] == "result":
+            r = e["result"]
+            span = spans.setdefault(e["trial_id"], [r["timestamp"] - r["time_this_iter_s"], 0.0])
+            span[1] = max(span[1], r["timestamp"])
+    return max(sum(1 for a, b in spans.values() if a <= t < b) for t, _ in spans.values())
+
+
+@pytest.mark.parametrize("resources, most", [({"cpu": 1}, 4), ({}, 6)])
+def test_resources_limit_concurrency(threaded_cluster, tmp_path, resources, most):
+    """resources.cpu=1 on workers that declare CPU=2 and have three threads each: four trials
+    at once (two per worker), where the same cluster runs six without the request."""
+    res = Tuner("tests.trainables:curve", space={"x": uniform(0, 1), "iters": 4, "sleep": 0.4},
+                metric="score", mode="max", num_samples=12,
+                backend={"type": "dask", "address": threaded_cluster}, resources=resources,
                 storage_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db", seed=0,
-                name="res1").run()
-    spans = [(h[0]["timestamp"] - h[0]["time_this_iter_s"], h[-1]["timestamp"])
-             for h in res.histories().values()]
-    most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
-    assert all(str(t.status) == "TERMINATED" for t in res.trials)
-    assert most <= 3  # three workers with CPU=1 each
+                name="res").run()
+    assert [str(t.status) for t in res.trials] == ["TERMINATED"] * 12
+    assert _most_at_once(res.path) == most

@@ -133,7 +133,7 @@ def deployment(prefect_env, worker) -> dict[str, Any]:
 
 
 def spec(d: Path) -> dict[str, Any]:
-    return {"name": "digits-e2e", "trainable": "examples.digits:train_digits",
+    return {"name": "digits-e2e", "trainable": "tuning.examples.digits:train_digits",
             "metric": "mean_accuracy", "mode": "max", "num_samples": 2,
             "space": {"lr": {"type": "loguniform", "low": 0.02, "high": 0.1},
                       "momentum": {"type": "uniform", "low": 0.5, "high": 0.9}, "epochs": 2},
@@ -167,7 +167,7 @@ def store(tmp_path_factory) -> Path:
 
 
 def test_the_deployment_is_what_prefect_yaml_says(deployment):
-    assert deployment["entrypoint"] == "flows/retrain.py:retrain"
+    assert deployment["entrypoint"] == "tuning.flows.retrain:retrain"
     assert deployment["work_pool_name"] == POOL
     assert [s["schedule"].get("cron") for s in deployment["schedules"]] == ["0 3 * * 1"]
     step = deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
@@ -218,6 +218,6 @@ def test_the_on_demand_tuning_deployment_deploys(prefect_env, worker):
               "tune-on-demand", "--no-prompt")
     assert "tune/tune-on-demand" in out, out
     dep = api(prefect_env["PREFECT_API_URL"], "/deployments/name/tune/tune-on-demand")
-    assert dep["entrypoint"] == "flows/tune.py:tune" and dep["schedules"] == []
+    assert dep["entrypoint"] == "tuning.flows.tune:tune" and dep["schedules"] == []
     assert dep["parameters"]["spec"]["name"] == "digits-asha"
     assert dep["work_pool_name"] == POOL

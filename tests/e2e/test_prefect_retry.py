@@ -57,7 +57,7 @@ def prefect_api(tmp_path_factory):
 
 
 SCRIPT = '''
-from flows.tune import tune
+from tuning.flows.tune import tune
 if __name__ == "__main__":
     tune(spec={spec!r})
 '''
@@ -101,7 +101,7 @@ def test_flow_run_retry_continues_the_crashed_run(tmp_path, prefect_api):
     assert run_dirs == [f"{tmp_path}/runs/retried-{str(flow_run_id)[:8]}"]
 
     r = subprocess.run([f"{BIN}/prefect", "flow-run", "retry", str(flow_run_id), "--entrypoint",
-                        "flows/tune.py:tune"], env=env, capture_output=True, text=True,
+                        "tuning.flows.tune:tune"], env=env, capture_output=True, text=True,
                        timeout=400, cwd=os.getcwd())
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:

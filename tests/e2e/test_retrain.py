@@ -23,7 +23,7 @@ def prefect_server() -> Iterator[None]:
 
 
 def _spec(d: Path, **kw: Any) -> dict[str, Any]:
-    return {"name": "digits-retrain", "trainable": "examples.digits:train_digits",
+    return {"name": "digits-retrain", "trainable": "tuning.examples.digits:train_digits",
             "metric": "mean_accuracy", "mode": "max", "num_samples": 3,
             "space": {"lr": {"type": "loguniform", "low": 0.02, "high": 0.1},
                       "momentum": {"type": "uniform", "low": 0.5, "high": 0.9}, "epochs": 2},
@@ -37,9 +37,9 @@ def test_retrain_after_a_tuning_run(tmp_path: Path, prefect_server: None) -> Non
     import mlflow.pytorch
     from prefect.client.orchestration import get_client
 
-    from examples.digits import evaluate_holdout
-    from flows.retrain import retrain
     from tuning import Tuner
+    from tuning.examples.digits import evaluate_holdout
+    from tuning.flows.retrain import retrain
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = MlflowClient(uri)

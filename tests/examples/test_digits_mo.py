@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 def _segment(config: dict[str, Any], storage: str, **kw: Any) -> tuple[Any, list[dict]]:
     channel = ListChannel()
-    out = run_segment(resolve_trainable("examples.digits:train_digits_mo"),
+    out = run_segment(resolve_trainable("tuning.examples.digits:train_digits_mo"),
                       Segment("trial-000", kw.pop("segment_id", 0), config, storage, **kw),
                       channel)
     assert out.status == "returned", out.error
@@ -25,7 +25,7 @@ def _segment(config: dict[str, Any], storage: str, **kw: Any) -> tuple[Any, list
 
 
 def test_reports_accuracy_latency_and_size_and_resumes(tmp_path: Path) -> None:
-    from examples.digits import make_model
+    from tuning.examples.digits import make_model
 
     cfg = {"lr": 0.05, "momentum": 0.9, "width": 4, "epochs": 2}
     first, results = _segment({**cfg, "epochs": 1}, str(tmp_path))
@@ -39,7 +39,7 @@ def test_reports_accuracy_latency_and_size_and_resumes(tmp_path: Path) -> None:
 
 
 def test_holdout_scoring_of_a_narrow_model(tmp_path: Path) -> None:
-    from examples.digits import evaluate_holdout_mo, fit_final
+    from tuning.examples.digits import evaluate_holdout_mo, fit_final
 
     model = fit_final({"lr": 0.05, "momentum": 0.9, "width": 2, "final_epochs": 1})
     scores = evaluate_holdout_mo(model)

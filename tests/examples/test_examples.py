@@ -50,7 +50,7 @@ def test_yaml_validates_and_names_an_importable_trainable(name: str) -> None:
 def test_digits_yaml_is_the_demo_experiment() -> None:
     spec = load_spec(EXAMPLES / "digits.yaml")
     assert (spec.name, spec.trainable, spec.metric, spec.mode, spec.num_samples, spec.seed) == \
-        ("digits-asha", "examples.digits:train_digits", "mean_accuracy", "max", 24, 0)
+        ("digits-asha", "tuning.examples.digits:train_digits", "mean_accuracy", "max", 24, 0)
     assert spec.scheduler == {"type": "asha", "max_t": 10, "grace_period": 1,
                               "reduction_factor": 3}
     assert spec.space["lr"] == {"type": "loguniform", "low": 1.0e-4, "high": 0.1}
@@ -58,8 +58,8 @@ def test_digits_yaml_is_the_demo_experiment() -> None:
 
 # -- resume through run_segment --------------------------------------------------------------
 def test_digits_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    from examples.digits import train_digits
     from tuning._checkpoint import load_checkpoint
+    from tuning.examples.digits import train_digits
 
     cfg = {"lr": 0.05, "momentum": 0.9, "epochs": 4}
     first, ch1 = _run(train_digits, {**cfg, "epochs": 2}, str(tmp_path))
@@ -78,8 +78,8 @@ def test_digits_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("module, fn_name, config", [
-    ("examples.sklearn_digits", "train_forest", {"steps": 4, "trees_per_step": 3}),
-    ("examples.xgboost_digits", "train_xgboost", {"rounds": 4, "max_depth": 3}),
+    ("tuning.examples.sklearn_digits", "train_forest", {"steps": 4, "trees_per_step": 3}),
+    ("tuning.examples.xgboost_digits", "train_xgboost", {"rounds": 4, "max_depth": 3}),
 ])
 def test_sklearn_and_xgboost_resume_to_the_same_curve(tmp_path: Path, module: str,
                                                       fn_name: str, config: dict) -> None:
@@ -101,8 +101,8 @@ def test_sklearn_and_xgboost_resume_to_the_same_curve(tmp_path: Path, module: st
 def test_xgboost_checkpoint_is_a_json_booster(tmp_path: Path) -> None:
     import xgboost as xgb
 
-    from examples.xgboost_digits import train_xgboost
     from tuning._checkpoint import load_checkpoint
+    from tuning.examples.xgboost_digits import train_xgboost
 
     out, _ = _run(train_xgboost, {"rounds": 3, "max_depth": 2}, str(tmp_path))
     assert out["checkpoint"].endswith(".json")
@@ -117,8 +117,8 @@ def test_xgboost_checkpoint_is_a_json_booster(tmp_path: Path) -> None:
 def test_digits_convnet_learns_through_the_tuner(tmp_path: Path, prefect_server: None) -> None:
     import torch
 
-    from examples.digits import make_model, train_digits
     from tuning import Tuner
+    from tuning.examples.digits import make_model, train_digits
 
     result = Tuner(train_digits, space={"lr": 0.05, "momentum": 0.9, "epochs": 3},
                    metric="mean_accuracy", mode="max", num_samples=2, name="digits-test",
@@ -141,8 +141,8 @@ def test_digits_convnet_learns_through_the_tuner(tmp_path: Path, prefect_server:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sklearn_forest_reports_each_increment(tmp_path: Path, prefect_server: None) -> None:
-    from examples.sklearn_digits import train_forest
     from tuning import Tuner, randint
+    from tuning.examples.sklearn_digits import train_forest
 
     result = Tuner(train_forest, space={"max_depth": randint(4, 12), "steps": 3,
                                         "trees_per_step": 4},
@@ -158,8 +158,8 @@ def test_sklearn_forest_reports_each_increment(tmp_path: Path, prefect_server: N
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_xgboost_reports_each_round(tmp_path: Path, prefect_server: None) -> None:
-    from examples.xgboost_digits import train_xgboost
     from tuning import Tuner, uniform
+    from tuning.examples.xgboost_digits import train_xgboost
 
     result = Tuner(train_xgboost, space={"eta": uniform(0.2, 0.5), "max_depth": 3, "rounds": 5},
                    metric="mean_accuracy", num_samples=2, name="xgb-test",
@@ -175,7 +175,7 @@ def test_xgboost_reports_each_round(tmp_path: Path, prefect_server: None) -> Non
 @pytest.mark.timeout(150)
 def test_digits_demo_main_runs_small(tmp_path: Path, prefect_server: None,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from examples.digits import main
+    from tuning.examples.digits import main
 
     result = main(["--num-samples", "3", "--max-t", "2", "--storage", str(tmp_path),
                    "--workers", "2"])

@@ -1,15 +1,26 @@
-"""One contract suite run against every searcher: bounds, determinism, restore, quota."""
+"""One contract suite run against every searcher: bounds, determinism, restore, quota.
+
+Each searcher is driven by the real :class:`tuning.controller.Controller` on the simulated
+backend (two virtual workers, so two trials are unfinished at a time), with FIFO: the calls it
+gets are the ones production makes (``setup``, ``suggest`` per new trial, ``on_trial_complete``
+per ended trial, ``error=True`` for failed ones, ``state_dict``/``load_state_dict`` through the
+journal on resume).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tuning._trial import Status
+from tuning.backends.simulated import SimulatedBackend, SimulatedTrainable
+from tuning.controller import Budget, Controller
+from tuning.experiment import Journal, replay
+from tuning.schedulers import FIFO
 from tuning.searchers import (
     FINISHED,
     ConcurrencyLimiter,
@@ -21,17 +32,15 @@ from tuning.searchers import (
 from tuning.space import Space, choice, grid, loguniform, quniform, randint, sample_from, uniform
 
 
-def mixed_space() -> Space:
-    return Space({
-        "x": uniform(-1.0, 1.0), "lr": loguniform(1e-4, 1e-1), "n": randint(1, 8),
-        "q": quniform(0.0, 1.0, 0.25), "act": choice(["relu", "tanh"]), "const": 3,
-        "twice": sample_from(lambda c: 2 * c["n"]),
-    })
+def mixed_space() -> dict[str, Any]:
+    return {"x": uniform(-1.0, 1.0), "lr": loguniform(1e-4, 1e-1), "n": randint(1, 8),
+            "q": quniform(0.0, 1.0, 0.25), "act": choice(["relu", "tanh"]), "const": 3,
+            "twice": sample_from(lambda c: 2 * c["n"])}
 
 
-def grid_space() -> Space:
-    return Space({"a": grid([1, 2, 3]), "b": choice(["x", "y"]), "const": 3,
-                  "twice": sample_from(lambda c: 2 * c["a"])})
+def grid_space() -> dict[str, Any]:
+    return {"a": grid([1, 2, 3]), "b": choice(["x", "y"]), "const": 3,
+            "twice": sample_from(lambda c: 2 * c["a"])}
 
 
 def cost(config: dict[str, Any]) -> float:
@@ -43,15 +52,28 @@ def cost(config: dict[str, Any]) -> float:
 
 def loss(config: dict[str, Any]) -> float:
     if "x" in config:
-        return (config["x"] - 0.3) ** 2 + 0.01 * (config["n"] - 4) ** 2 + (config["act"] == "tanh") * 0.1
+        if config["n"] == 7:
+            return float("nan")  # diverges: the controller ends the trial as an error
+        return ((config["x"] - 0.3) ** 2 + 0.01 * (config["n"] - 4) ** 2
+                + (config["act"] == "tanh") * 0.1)
     return float(config["a"]) + (config["b"] == "y")
+
+
+class Curve(SimulatedTrainable):
+    """Three iterations per trial; the loss falls towards ``loss(config)``."""
+
+    max_t = 3
+
+    def step(self, state: dict[str, Any], config: dict[str, Any],
+             t: int) -> tuple[dict[str, Any], dict[str, float], float]:
+        return state, {"loss": loss(config) + 1.0 / t, "cost": cost(config) + 1.0 / t}, 1.0
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
     make: Callable[[], Searcher]
-    space: Callable[[], Space]
+    space: Callable[[], dict[str, Any]]
     random: bool = True  # different seeds give different configs
     per_sample: int = 1  # configs per sample: the grid points the searcher crosses
     metric: Any = "loss"
@@ -93,96 +115,93 @@ CASES += [
 ids = [c.name for c in CASES]
 
 
-@dataclass
-class Driver:
-    """Feeds a searcher: each step suggests one trial and completes the oldest when two run."""
-
-    searcher: Searcher
-    steps: int = 0
-    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    configs: list[dict[str, Any]] = field(default_factory=list)
-    finished: bool = False
-
-    def step(self) -> None:
-        trial_id = f"trial-{self.steps:03d}"
-        self.steps += 1
-        out = self.searcher.suggest(trial_id)
-        if out == FINISHED:
-            self.finished = True
-        elif isinstance(out, dict):
-            self.configs.append(out)
-            self.pending.append((trial_id, out))
-            self.searcher.on_trial_result(trial_id, {"loss": loss(out) + 1.0,
-                                                     "cost": cost(out) + 1.0})
-        if len(self.pending) >= 2 or out is None or out == FINISHED:
-            self._complete_oldest()
-
-    def _complete_oldest(self) -> None:
-        if self.pending:
-            trial_id, config = self.pending.pop(0)
-            self.searcher.on_trial_complete(trial_id, {"loss": loss(config),
-                                                       "cost": cost(config)})
-
-    def run(self, n: int) -> list[dict[str, Any]]:
-        for _ in range(n):
-            self.step()
-        return self.configs
+def controller(tmp_path, case: Case, seed: int, num_samples: int = 6, run: str = "run",
+               replayed: Any = None) -> Controller:
+    d = str(tmp_path / run)
+    return Controller(name=run, trainable=Curve(), space=Space(case.space()), metric=case.metric,
+                      mode=case.mode, constraints=case.constraints, scheduler=FIFO(),
+                      searcher=case.make(), backend=SimulatedBackend(2), journal=Journal(d),
+                      storage=d, budget=Budget(num_samples=num_samples), seed=seed,
+                      replayed=replayed)
 
 
-def start(case: Case, seed: int, num_samples: int = 8) -> Driver:
-    searcher = case.make()
-    searcher.setup(case.space(), case.metric, case.mode, np.random.default_rng(seed), num_samples)
-    if case.constraints:
-        searcher.set_constraints(case.constraints)
-    return Driver(searcher)
+def configs(ctl: Controller) -> list[dict[str, Any]]:
+    return [t.config for t in ctl.trials.values()]
 
 
-def dump(configs: list[dict[str, Any]]) -> str:
-    return json.dumps(configs, sort_keys=True)
+def dump(cfgs: list[dict[str, Any]]) -> str:
+    return json.dumps(cfgs, sort_keys=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_configs_lie_in_space_with_constants_and_sample_from(case: Case) -> None:
-    space = case.space()
-    configs = start(case, 0).run(12)
-    assert len(configs) >= 6
-    for config in configs:
+def test_configs_lie_in_space_with_constants_and_sample_from(tmp_path, case: Case) -> None:
+    space = Space(case.space())
+    ctl = controller(tmp_path, case, 0).run()
+    assert len(ctl.trials) >= 6
+    for config in configs(ctl):
         assert space.contains(config), config
         assert config["const"] == 3
         assert config["twice"] == 2 * config.get("n", config.get("a"))
+    assert all(t.status in (Status.TERMINATED, Status.ERROR) for t in ctl.trials.values())
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_same_seed_same_configs(case: Case) -> None:
-    assert dump(start(case, 5).run(10)) == dump(start(case, 5).run(10))
+def test_same_seed_same_configs(tmp_path, case: Case) -> None:
+    a = controller(tmp_path, case, 5, run="a").run()
+    b = controller(tmp_path, case, 5, run="b").run()
+    assert dump(configs(a)) == dump(configs(b))
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.random], ids=[c.name for c in CASES if c.random])
-def test_different_seed_different_configs(case: Case) -> None:
-    assert dump(start(case, 5).run(10)) != dump(start(case, 6).run(10))
+def test_different_seed_different_configs(tmp_path, case: Case) -> None:
+    a = controller(tmp_path, case, 5, run="a").run()
+    b = controller(tmp_path, case, 6, run="b").run()
+    assert dump(configs(a)) != dump(configs(b))
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_restored_searcher_continues_identically(case: Case) -> None:
-    original = start(case, 3, num_samples=20)
-    original.run(7)
-    done = len(original.configs)
-    state = json.loads(json.dumps(original.searcher.state_dict()))
-    restored = start(case, 999, num_samples=20)  # another generator: the loaded state must win
-    restored.searcher.load_state_dict(state)
-    assert json.loads(json.dumps(restored.searcher.state_dict())) == state
-    restored.pending, restored.steps = list(original.pending), original.steps
-    original.run(8)
-    restored.run(8)
-    assert len(restored.configs) >= 4
-    assert dump(restored.configs) == dump(original.configs[done:])
+def test_resumed_searcher_continues_identically(tmp_path, case: Case) -> None:
+    """The searcher's state goes through the journal: a run resumed after a crash (by a
+    controller with another seed: the loaded state must win) suggests what the uninterrupted
+    run suggested, having been told the same completions."""
+    whole = controller(tmp_path, case, 3, num_samples=9, run="whole").run()
+    crashed = controller(tmp_path, case, 3, num_samples=9, run="crash")
+    crashed.open()
+    while sum(t.is_terminal for t in crashed.trials.values()) < 3:
+        crashed.step()
+    crashed.end_wave()
+    crashed.commit()  # the state snapshot resume replays up to
+    before = len(crashed.trials)
+    for _ in range(6):  # lost with the crash: never committed
+        crashed.step()
+    crashed.journal.flush()
+    resumed = controller(tmp_path, case, 999, num_samples=9, run="crash",
+                         replayed=replay(crashed.journal.read())).run()
+    assert len(resumed.trials) - before >= 3
+    assert dump(configs(resumed)) == dump(configs(whole))
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_finished_after_quota(case: Case) -> None:
-    driver = start(case, 1, num_samples=3)
-    while not driver.finished and driver.steps < 200:
-        driver.step()
-    assert driver.finished
-    assert len(driver.configs) == 3 * case.per_sample
-    assert driver.searcher.suggest("trial-extra") == FINISHED
+def test_finished_after_quota(tmp_path, case: Case) -> None:
+    ctl = controller(tmp_path, case, 1, num_samples=3).run()
+    assert len(ctl.trials) == 3 * case.per_sample
+    assert ctl.searcher.suggest("trial-extra") == FINISHED
+
+
+def test_failed_trials_reach_the_searcher_as_errors(tmp_path) -> None:
+    """A trial that diverges is completed with ``error=True``: TPE does not learn from it."""
+    case = CASES[ids.index("optuna-tpe")]
+    ctl = controller(tmp_path, case, 0, num_samples=20).run()
+    failed = [t for t in ctl.trials.values() if t.status == Status.ERROR]
+    assert failed
+    states = [t.state.name for t in ctl.searcher.study.trials]  # one per trial, all told
+    assert len(states) == len(ctl.trials)
+    assert states.count("FAIL") == len(failed)
+    assert states.count("COMPLETE") == len(ctl.trials) - len(failed)
+
+
+def test_every_point_to_evaluate_runs_first_even_beyond_num_samples(tmp_path) -> None:
+    points = [{"x": v, "n": 2} for v in (-0.5, 0.0, 0.25, 0.5, 0.75)]
+    case = Case("points", lambda: RandomSearch(points_to_evaluate=points), mixed_space)
+    ctl = controller(tmp_path, case, 0, num_samples=3).run()
+    assert [(c["x"], c["n"]) for c in configs(ctl)] == [(p["x"], p["n"]) for p in points]

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -384,7 +385,7 @@ class RayBackend(Backend):
         if proc.returncode != 0 or not ip:
             raise BackendError(f"backend.cluster_config: `ray get-head-ip {cfg}` failed: "
                                f"{_tail(proc.stderr or proc.stdout)}")
-        return f"ray://{ip}:10001"
+        return f"ray://{ip}:{_client_server_port(cfg)}"
 
     def _ray_down(self) -> None:
         cfg = str(self.cluster_config)
@@ -576,6 +577,27 @@ def _loopback_allowed(on: bool) -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _client_server_port(cluster_config: str) -> int:
+    """The Ray Client port a launched head listens on: ``--ray-client-server-port`` in the
+    cluster YAML's ``head_start_ray_commands``, else Ray's default (10001)."""
+    import yaml
+
+    try:
+        with open(cluster_config, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return _RAY_CLIENT_PORT
+    commands = cfg.get("head_start_ray_commands") if isinstance(cfg, dict) else None
+    for cmd in commands or []:
+        m = re.search(r"--ray-client-server-port[= ](\d+)", str(cmd))
+        if m:
+            return int(m.group(1))
+    return _RAY_CLIENT_PORT
+
+
+_RAY_CLIENT_PORT = 10001
 
 
 def _tail(text: str, n: int = 800) -> str:

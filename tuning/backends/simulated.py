@@ -185,15 +185,22 @@ class SimulatedBackend(Backend):
     A STOP answering a decision point (:meth:`decide`) ends the segment at once, before its
     next iteration, as ``report()`` does on Dask and Ray; a STOP sent otherwise
     (:meth:`stop`) is seen after the next iteration, as a running trial sees it.
+
+    ``restore_running=True`` (the default): a restored backend (:meth:`load_state_dict`) goes
+    on with the segments that were running, exactly. ``False``: they are lost with the driver,
+    as on a real cluster, and the controller resubmits their trials from their checkpoints
+    (which survive, as files on storage do).
     """
 
     name = "simulated"
     virtual_clock = True
 
-    def __init__(self, n_workers: int = 4, time_scale: float = 0.0) -> None:
+    def __init__(self, n_workers: int = 4, time_scale: float = 0.0,
+                 restore_running: bool = True) -> None:
         if not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"backend.n_workers must be an integer >= 1, got {n_workers!r}")
         self.n_workers = n_workers
+        self.restore_running = restore_running
         self.time_scale = time_scale  # > 0: sleep time_scale real seconds per virtual second
         self.now = 0.0
         self._heap: list[tuple[float, int, str, int]] = []
@@ -329,6 +336,9 @@ class SimulatedBackend(Backend):
                                      r["started_at"], r["stop_requested"],
                                      bool(r.get("stop_now")), int(r.get("gen", 0)))
                          for k, r in state["running"].items()}
+        if not self.restore_running:  # the segments died with the driver; checkpoints stay
+            self._running.clear()
+            self._heap.clear()
 
     def running_trials(self) -> set[str]:
         return set(self._running)

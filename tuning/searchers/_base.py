@@ -21,8 +21,9 @@ class Searcher(RecordsArgs):
 
     The controller calls ``setup`` once, then ``suggest(trial_id)`` for each new trial:
     a config dict, ``None`` for "nothing right now" (e.g. a concurrency limit), or
-    :data:`FINISHED`. It reports every result with ``on_trial_result`` and each trial's end
-    with ``on_trial_complete``. Same seed and same sequence of calls give the same configs.
+    :data:`FINISHED`. It tells each trial's end with ``on_trial_complete`` (the trial's last
+    result; ``error=True`` when it failed); ``on_trial_result`` is not called by the
+    controller. Same seed and same sequence of calls give the same configs.
     ``state_dict()`` is JSON-able; ``load_state_dict`` restores it.
     """
 
@@ -60,6 +61,12 @@ class Searcher(RecordsArgs):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
         raise NotImplementedError
+
+    def max_configs(self) -> int | None:
+        """How many configs ``suggest`` gives before :data:`FINISHED` (after ``setup``), when
+        the searcher knows; the controller starts that many trials. ``None``: the controller
+        starts ``num_samples`` per grid point of the space."""
+        return None
 
     def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
         pass

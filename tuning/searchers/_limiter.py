@@ -66,6 +66,9 @@ class ConcurrencyLimiter(Searcher):
             self.live.append(trial_id)
         return config
 
+    def max_configs(self) -> int | None:
+        return self.searcher.max_configs()
+
     def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
         self.searcher.on_trial_result(trial_id, result)
 

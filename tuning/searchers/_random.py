@@ -85,6 +85,10 @@ class RandomSearch(Searcher):
     def settings(self) -> dict[str, Any]:
         return {"type": "random", "points_to_evaluate": self.points_to_evaluate}
 
+    def max_configs(self) -> int | None:
+        """Every grid point ``num_samples`` times, or every point to evaluate if more."""
+        return self.total or None
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None | str:
         """The next config, or :data:`FINISHED` after the total."""
         if self.space is None:

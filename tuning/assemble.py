@@ -21,7 +21,7 @@ from tuning.stoppers import stopper_from_dict
 
 __all__ = ["Components", "ResumeRefused", "open_experiment"]
 
-log = logging.getLogger("tuning.runner")
+log = logging.getLogger("tuning.assemble")
 
 
 class ResumeRefused(SpecError):
