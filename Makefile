@@ -32,7 +32,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check tuning tasks flows
-	$(BIN)/mypy tuning
+	$(BIN)/mypy tuning tasks flows
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

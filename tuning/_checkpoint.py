@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from typing import Any
 
 import fsspec
@@ -82,5 +81,3 @@ def load_checkpoint(url: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
-def _finite(x: float) -> bool:
-    return math.isfinite(x)

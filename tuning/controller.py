@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from tuning._objective import Objective, bind_objective
-from tuning._trial import ITERATION, TERMINAL, Status, Trial, best_trial, format_trial_id
+from tuning._trial import ITERATION, Status, Trial, best_trial, format_trial_id
 from tuning.backends._base import Backend, Done, Lost, Message, Result, Started
 from tuning.experiment import ExperimentState, Journal, SnapshotPolicy
 from tuning.schedulers._base import Decision, Resume, Scheduler, StartNew
-from tuning.searchers._base import FINISHED, Searcher
+from tuning.searchers._base import Searcher
 from tuning.space import Space
 from tuning.stoppers import Stopper
 from tuning.trainable import Segment
@@ -218,7 +218,8 @@ class Controller:
     # -- planning --------------------------------------------------------------------------
     def _can_start_new(self) -> bool:
         return (not self.searcher_finished and self.stopping is None
-                and self.trial_count < self._max_trials)
+                and self.trial_count < self._max_trials
+                and not self.scheduler.is_finished(self.trials))
 
     def progress(self) -> float:
         """0..1: the largest fraction of any budget spent (trials, iterations, time)."""
@@ -275,9 +276,9 @@ class Controller:
             if isinstance(sugg, Resume):
                 return self._resume(sugg)
             if isinstance(sugg, StartNew) and self._can_start_new():
-                trial = self._new_trial(sugg)
-                if trial is not None:
-                    return self._start_segment(trial, trial.config, None, 0)
+                new = self._new_trial(sugg)
+                if new is not None:
+                    return self._start_segment(new, new.config, None, 0)
                 if not self.searcher_finished:
                     return None  # the searcher asks to wait (concurrency limit)
                 continue
@@ -291,7 +292,7 @@ class Controller:
             got = self.searcher.suggest(trial_id)
             if got is None:
                 return None
-            if isinstance(got, str) and got == FINISHED:
+            if isinstance(got, str):  # FINISHED
                 self.searcher_finished = True
                 return None
             config = got
@@ -489,7 +490,7 @@ class Controller:
         trial.observe(result)
         self.iterations_total += 1
         self._report.results += 1
-        if result.get("checkpoint"):
+        if result.get("checkpoint") and trial.checkpoint is not None:
             self.backend.checkpoint_saved(trial.trial_id, trial.checkpoint,
                                           trial.checkpoint_iteration)
         self._emit("result", trial_id=trial.trial_id, result=result)
@@ -764,10 +765,6 @@ class Controller:
         for t in self.trials.values():
             out[t.status.value] += 1
         return out
-
-    @property
-    def terminal_trials(self) -> list[Trial]:
-        return [t for t in self.trials.values() if t.status in TERMINAL]
 
 
 _RESERVED = {ITERATION, "time_this_iter_s", "time_total_s", "timestamp", "checkpoint"}

@@ -266,19 +266,6 @@ class ExperimentSpec(BaseModel):
         return self.mode if isinstance(self.mode, str) else self.mode[0]
 
     # -- conveniences ----------------------------------------------------------------------
-    def with_run_name(self) -> ExperimentSpec:
-        """This spec with ``run_name`` set: given, or ``<name>-<YYYYmmdd-HHMMSS>``."""
-        if self.run_name:
-            return self
-        import time
-
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = f"{self.name}-{stamp}"
-        run_name, i = base, 1
-        while _exists(f"{self.storage_path.rstrip('/')}/{run_name}"):
-            i += 1
-            run_name = f"{base}-{i}"
-        return self.model_copy(update={"run_name": run_name})
 
     def experiment_dir(self) -> str:
         """``<storage_path>/<run_name>``: the journal and checkpoints of this run."""
@@ -379,13 +366,6 @@ _BACKEND_FIELDS: dict[str, set[str]] = {
             "connect_timeout_s", "runtime_env"},
     "simulated": {"n_workers", "time_scale"},
 }
-
-
-def _exists(url: str) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    return bool(fs.exists(path))
 
 
 def _component(v: Mapping[str, Any], kind: str, factory: Callable[..., Any]) -> Any:
@@ -622,7 +602,3 @@ def spec_diff(old: Mapping[str, Any], new: Mapping[str, Any],
             else:
                 out.append(f"{f}: {a!r} -> {b!r}")
     return out
-
-
-def has_sample_from(space: Mapping[str, Any]) -> bool:
-    return any(isinstance(v, SampleFrom) for v in space.values())

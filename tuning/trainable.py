@@ -191,11 +191,12 @@ def report(metrics: dict[str, Any] | None = None, *, checkpoint: dict[str, Any] 
         s.checkpoint_iteration = s.iteration
         result["checkpoint"] = s.checkpoint_url
     seg = s.segment
-    t = result.get(seg.time_attr)
-    timed = isinstance(t, (int, float)) and not math.isnan(t)
+    raw = result.get(seg.time_attr)
+    t = float(raw) if isinstance(raw, (int, float)) else math.nan
+    timed = not math.isnan(t)
     ends = timed and ((seg.max_t is not None and t >= seg.max_t)
                       or (seg.pause_at is not None and t >= seg.pause_at))
-    awaits = timed and not ends and seg.is_decision_point(float(t))
+    awaits = timed and not ends and seg.is_decision_point(t)
     message = {"type": "result", "trial_id": seg.trial_id, "segment_id": seg.segment_id,
                "result": result}
     if awaits:

@@ -44,29 +44,6 @@ def test_gp_finds_quadratic_optimum_in_few_trials() -> None:
     assert dist[5:].min() < 0.01 < dist[:5].min()
 
 
-def test_warm_start_steers_tpe() -> None:
-    warm = [({"x": float(x)}, (x - 0.8) ** 2) for x in np.linspace(0, 1, 21)]
-    searcher = setup(OptunaSearch("tpe", n_startup_trials=10), QUADRATIC, 5)
-    for config, value in warm:
-        searcher.add_evaluated_point(config, value)
-    xs = [searcher.suggest(str(i))["x"] for i in range(5)]  # type: ignore[index]
-    cold = setup(OptunaSearch("tpe", n_startup_trials=10), QUADRATIC, 5)
-    cold_xs = [cold.suggest(str(i))["x"] for i in range(5)]  # type: ignore[index]
-    assert np.median(np.abs(np.array(xs) - 0.8)) < 0.1
-    assert xs != cold_xs
-    assert len(searcher.study.trials) == 21 + 5
-
-
-def test_warm_start_point_validated() -> None:
-    searcher = setup(OptunaSearch(), {"x": uniform(0, 1), "a": choice(["p", "q"])}, 2)
-    with pytest.raises(ValueError, match=r"lacks parameter\(s\) \['a'\]"):
-        searcher.add_evaluated_point({"x": 0.5}, 1.0)
-    with pytest.raises(ValueError, match=r"space.x: 1.5 is outside"):
-        searcher.add_evaluated_point({"x": 1.5, "a": "p"}, 1.0)
-    with pytest.raises(ValueError, match="finite number"):
-        searcher.add_evaluated_point({"x": 0.5, "a": "p"}, math.nan)
-
-
 def test_points_to_evaluate_asked_first() -> None:
     searcher = setup(OptunaSearch("tpe", points_to_evaluate=[{"x": 0.123}, {"x": 0.9, "a": "q"}]),
                      {"x": uniform(0, 1), "a": choice(["p", "q"])}, 4)
@@ -80,9 +57,7 @@ def test_tells_last_reported_value_and_failures() -> None:
     searcher = setup(OptunaSearch("random"), QUADRATIC, 5)
     for i in range(5):
         searcher.suggest(str(i))
-    searcher.on_trial_result("0", {"loss": 5.0})
-    searcher.on_trial_result("0", {"loss": 2.0})
-    searcher.on_trial_complete("0")
+    searcher.on_trial_complete("0", {"loss": 2.0})
     searcher.on_trial_complete("1", {"loss": 0.5}, error=True)
     searcher.on_trial_complete("2", {"loss": math.nan})
     searcher.on_trial_complete("3", {"other": 1.0})

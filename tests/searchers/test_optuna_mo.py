@@ -105,18 +105,6 @@ def test_a_missing_value_fails_the_trial() -> None:
     assert s.study.get_trials()[0].state == optuna.trial.TrialState.FAIL
 
 
-def test_warm_start_with_several_values() -> None:
-    s = OptunaSearch("tpe")
-    s.setup(Space(SPACE), METRICS, MODES, np.random.default_rng(0), 2)
-    s.add_evaluated_point({"x": 0.2}, [0.2, 3.0])
-    assert s.study.get_trials()[0].values == [0.2, 3.0]
-    with pytest.raises(ValueError, match=r"value must be 2 finite number\(s\)"):
-        s.add_evaluated_point({"x": 0.2}, 0.2)
-    s.set_constraints(LIMIT)
-    with pytest.raises(ValueError, match="constraint values are unknown"):
-        s.add_evaluated_point({"x": 0.2}, [0.2, 3.0])
-
-
 def test_single_objective_study_is_unchanged() -> None:
     s = OptunaSearch("tpe")
     s.setup(Space(SPACE), "acc", "max", np.random.default_rng(0), 2)

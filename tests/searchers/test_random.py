@@ -118,8 +118,7 @@ def test_limiter_passes_results_to_the_wrapped_searcher() -> None:
     inner = OptunaSearch("random")
     limiter = setup(ConcurrencyLimiter(inner, max_concurrent=1), {"x": uniform(0, 1)}, 3)
     limiter.suggest("a")
-    limiter.on_trial_result("a", {"loss": 0.5})
-    limiter.on_trial_complete("a")
+    limiter.on_trial_complete("a", {"loss": 0.5})
     assert [t.value for t in inner.study.trials] == [0.5]
 
 

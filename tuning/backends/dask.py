@@ -465,8 +465,9 @@ class DaskBackend(Backend):
         import cloudpickle
 
         payload = cloudpickle.dumps(trainable)
-        direct = None if self._listener is None else (self._listener.address,
-                                                      self._listener.token)
+        direct = None
+        if self._listener is not None and self._listener.address is not None:
+            direct = (self._listener.address, self._listener.token)
         self.client.register_plugin(_TrainablePlugin(self.topic, payload, direct),
                                     name=f"rungflow-trainable-{self.topic}")
 

@@ -154,9 +154,6 @@ class _Hub:
             table.pop(key, None)
         self.stops.discard(key)
 
-    async def ping(self) -> bool:
-        return True
-
 
 class _RayChannel:
     """Worker side: talks to the driver through the hub actor; blocks only at decision

@@ -283,8 +283,8 @@ class SimulatedBackend(Backend):
         url = checkpoint_url(trial_id, run.iteration, run.state)
         result = {**metrics, ITERATION: run.iteration, "time_total_s": self.now - run.started_at
                   + seg.time_offset_s, "checkpoint": url}
-        t = result.get(seg.time_attr, 0)
-        awaits = seg.is_decision_point(float(t)) and self._segment_status(run, result,
+        t = float(result.get(seg.time_attr, 0))  # type: ignore[arg-type]
+        awaits = seg.is_decision_point(t) and self._segment_status(run, result,
                                                                           trainable) is None
         out.append(Result(trial_id, seg.segment_id, result, awaits))
         status = self._segment_status(run, result, trainable)

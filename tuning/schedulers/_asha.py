@@ -224,7 +224,7 @@ class ASHA(Scheduler):
                  metric: str | None = None, mode: str | None = None,
                  seed: int | None = None) -> None:
         super().__init__(metric=metric, mode=mode, time_attr=time_attr, seed=seed)
-        self.max_t = check_number("max_t", max_t, low=0)
+        self.max_t: float = check_number("max_t", max_t, low=0)
         self.grace_period = check_number("grace_period", grace_period, low=0)
         self.reduction_factor = check_int("reduction_factor", reduction_factor, low=2)
         self.brackets = check_int("brackets", brackets, low=1)

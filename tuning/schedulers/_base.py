@@ -242,7 +242,8 @@ class Scheduler(RecordsArgs):
         return []
 
     def is_finished(self, trials: Mapping[str, Trial]) -> bool:
-        """Whether the scheduler wants no more trials (e.g. every HyperBand bracket is done)."""
+        """Whether the scheduler wants no more trials (e.g. every HyperBand bracket is done):
+        the controller then starts none and asks the searcher for no more configs."""
         return False
 
     # -- state -----------------------------------------------------------------------------

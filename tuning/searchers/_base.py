@@ -22,8 +22,7 @@ class Searcher(RecordsArgs):
     The controller calls ``setup`` once, then ``suggest(trial_id)`` for each new trial:
     a config dict, ``None`` for "nothing right now" (e.g. a concurrency limit), or
     :data:`FINISHED`. It tells each trial's end with ``on_trial_complete`` (the trial's last
-    result; ``error=True`` when it failed); ``on_trial_result`` is not called by the
-    controller. Same seed and same sequence of calls give the same configs.
+    result; ``error=True`` when it failed). Same seed and same sequence of calls give the same configs.
     ``state_dict()`` is JSON-able; ``load_state_dict`` restores it.
     """
 
@@ -68,15 +67,9 @@ class Searcher(RecordsArgs):
         starts ``num_samples`` per grid point of the space."""
         return None
 
-    def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        pass
-
     def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None,
                           error: bool = False) -> None:
         pass
-
-    def add_evaluated_point(self, config: Mapping[str, Any], value: float) -> None:
-        """Tell the searcher about a config evaluated elsewhere (warm start from a past run)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}

@@ -69,18 +69,12 @@ class ConcurrencyLimiter(Searcher):
     def max_configs(self) -> int | None:
         return self.searcher.max_configs()
 
-    def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        self.searcher.on_trial_result(trial_id, result)
-
     def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None,
                           error: bool = False) -> None:
         """Free the trial's slot and forward the completion."""
         if trial_id in self.live:
             self.live.remove(trial_id)
         self.searcher.on_trial_complete(trial_id, result, error)
-
-    def add_evaluated_point(self, config: Mapping[str, Any], value: float) -> None:
-        self.searcher.add_evaluated_point(config, value)
 
     def state_dict(self) -> dict[str, Any]:
         return {"live": list(self.live), "searcher": self.searcher.state_dict()}

@@ -160,7 +160,6 @@ class OptunaSearch(Searcher):
         self.count = 0
         self._next_point = 0
         self._pending: dict[str, int] = {}
-        self._last: dict[str, float | None] = {}
         self._dists: dict[str, Any] = {}
         self._study: optuna.Study | None = None
 
@@ -333,11 +332,6 @@ class OptunaSearch(Searcher):
         study.enqueue_trial({k: v for k, v in point.items() if k in self._dists})
         return {k: v for k, v in point.items() if k not in self._dists}
 
-    def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        """Remember the trial's last reported metric value (values and constraints)."""
-        if trial_id in self._pending and self._reports(result):
-            self._last[trial_id] = self._told(result)
-
     def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None,
                           error: bool = False) -> None:
         """Tell the study the last metric value(s) (FAIL on error or a missing/NaN metric);
@@ -345,11 +339,9 @@ class OptunaSearch(Searcher):
         import optuna
 
         number = self._pending.pop(trial_id, None)
-        told = self._last.pop(trial_id, None)
         if number is None:
             return
-        if result is not None and self._reports(result):
-            told = self._told(result)
+        told = self._told(result) if result is not None and self._reports(result) else None
         values = told.get("values") if isinstance(told, dict) else [told]
         with _quiet():
             if error or told is None or any(v is None for v in values):
@@ -386,47 +378,6 @@ class OptunaSearch(Searcher):
         else:
             study._storage.set_trial_user_attr(trial_id, CONSTRAINTS_ATTR, values)
 
-    def add_evaluated_point(self, config: Mapping[str, Any], value: float | Sequence[float]
-                            ) -> None:
-        """Add a completed trial evaluated elsewhere (warm start): ``value`` is the metric's
-        value, or a list of values, one per metric, for several metrics.
-
-        Raises:
-            ValueError: when ``config`` lacks a parameter, a value lies outside the space,
-                ``value`` is not a finite number (or list of them), or the search has
-                constraints (their values for the point are unknown).
-        """
-        import optuna
-
-        study = self.study
-        if self._constrained:
-            raise ValueError("add_evaluated_point: this search has constraints, and the point's "
-                             "constraint values are unknown; use points_to_evaluate instead")
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        finite = [_finite_or_none(v) for v in values]
-        n = len(self.objective.metrics) if self.objective is not None else 1
-        if len(finite) != n or any(v is None for v in finite):
-            raise ValueError(f"add_evaluated_point: value must be {n} finite number(s), got "
-                             f"{value!r}")
-        params = self._params_in_space(config)
-        with _quiet():
-            study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=dict(self._dists),
-                **({"values": finite} if self._multi else {"value": finite[0]})))
-
-    def _params_in_space(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        missing = sorted(set(self._dists) - set(config))
-        if missing:
-            raise ValueError(f"add_evaluated_point: config lacks parameter(s) {missing}")
-        for name, dist in self._dists.items():
-            try:
-                ok = dist._contains(dist.to_internal_repr(config[name]))
-            except (ValueError, TypeError):
-                ok = False
-            if not ok:
-                raise ValueError(f"add_evaluated_point: space.{name}: {config[name]!r} is outside the space")
-        return {name: config[name] for name in self._dists}
-
     # ---- state ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -439,7 +390,6 @@ class OptunaSearch(Searcher):
             "count": self.count,
             "next_point": self._next_point,
             "pending": dict(self._pending),
-            "last": dict(self._last),
             "study_system_attrs": storage.get_study_system_attrs(study_id),
             "trials": [_trial_to_dict(t) for t in study.get_trials(deepcopy=False)],
         }
@@ -462,7 +412,6 @@ class OptunaSearch(Searcher):
         self.count = int(state["count"])
         self._next_point = int(state["next_point"])
         self._pending = {str(k): int(v) for k, v in state["pending"].items()}
-        self._last = {str(k): v for k, v in state["last"].items()}
 
 
 def _trial_to_dict(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
