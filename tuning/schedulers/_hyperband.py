@@ -189,7 +189,7 @@ class HyperBand(Scheduler):
         super().__init__(metric=metric, mode=mode, time_attr=time_attr, seed=seed)
         self.max_rounds = None if max_rounds is None else check_int("max_rounds", max_rounds,
                                                                     low=1)
-        self.max_t = check_number("max_t", max_t, low=0)
+        self.max_t: float = check_number("max_t", max_t, low=0)
         self.grace_period = check_number("grace_period", grace_period, low=0)
         self.reduction_factor = check_int("reduction_factor", reduction_factor, low=2)
         if self.grace_period > self.max_t:

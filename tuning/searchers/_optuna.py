@@ -342,7 +342,7 @@ class OptunaSearch(Searcher):
         if number is None:
             return
         told = self._told(result) if result is not None and self._reports(result) else None
-        values = told.get("values") if isinstance(told, dict) else [told]
+        values: list[Any] = list(told["values"]) if isinstance(told, dict) else [told]
         with _quiet():
             if error or told is None or any(v is None for v in values):
                 self.study.tell(number, state=optuna.trial.TrialState.FAIL)
