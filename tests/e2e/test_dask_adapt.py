@@ -20,31 +20,20 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def slot_counts(monkeypatch):
-    """Every slot count the backend takes (at most once a second), with the workers it was
-    counted from: the real ``_count_slots`` and ``_workers_info``, observed."""
+    """Every slot count the backend takes, with the workers it was counted from (what the
+    scheduler plugin told the backend as workers came and went): the real ``_set_workers``,
+    observed."""
     seen: list[dict] = []
-    real_count, real_info = DaskBackend._count_slots, DaskBackend._workers_info
-    last: dict = {}
+    real = DaskBackend._set_workers
 
-    def info(self: DaskBackend) -> dict:
-        last["info"] = real_info(self)
-        return last["info"]
+    def observed(self: DaskBackend, workers: dict) -> None:
+        real(self, workers)
+        seen.append({"t": time.monotonic(), "slots": self.slots, "workers": len(workers),
+                     "threads": sum(w["nthreads"] for w in workers.values()),
+                     "pids": [w["pid"] for w in workers.values()]})
 
-    def count(self: DaskBackend) -> int:
-        slots = real_count(self)
-        workers = last["info"]  # the snapshot this count was made from
-        pids = [p for _, p in self.client.run_on_scheduler(_workers)]
-        seen.append({"t": time.monotonic(), "slots": slots, "workers": len(workers),
-                     "threads": sum(w["nthreads"] for w in workers.values()), "pids": pids})
-        return slots
-
-    monkeypatch.setattr(DaskBackend, "_workers_info", info)
-    monkeypatch.setattr(DaskBackend, "_count_slots", count)
+    monkeypatch.setattr(DaskBackend, "_set_workers", observed)
     return seen
-
-
-def _workers(dask_scheduler) -> list[tuple[int, int]]:
-    return [(ws.nthreads, ws.pid) for ws in dask_scheduler.workers.values()]
 
 
 def _alive(pid: int) -> bool:

@@ -157,7 +157,7 @@ class _WorkerWatch(SchedulerPlugin):
 
 
 def _worker_info(ws: Any) -> dict[str, Any]:
-    return {"nthreads": int(ws.nthreads), "resources": dict(ws.resources)}
+    return {"nthreads": int(ws.nthreads), "resources": dict(ws.resources), "pid": ws.pid}
 
 
 class _DaskChannel:
@@ -349,8 +349,9 @@ class DaskBackend(Backend):
         """Every worker's threads and resources, straight from the scheduler (no cap on the
         number of workers, whatever the ``distributed`` version)."""
         def info(dask_scheduler: Any) -> dict[str, dict[str, Any]]:
-            return {addr: {"nthreads": ws.nthreads, "resources": dict(ws.resources)}
-                    for addr, ws in dask_scheduler.workers.items()}
+            # inline (not _worker_info): this path serves schedulers without rungflow
+            return {addr: {"nthreads": int(ws.nthreads), "resources": dict(ws.resources),
+                           "pid": ws.pid} for addr, ws in dask_scheduler.workers.items()}
 
         return self.client.run_on_scheduler(info)
 
