@@ -15,6 +15,7 @@ import time
 import mlflow
 import pytest
 
+from tests.e2e._ports import port_opens
 from tuning import ASHA, Tuner, uniform
 from tuning.experiment import Journal
 
@@ -34,16 +35,8 @@ def _spawn(args, env):
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dask scheduler on port {port} did not start") from None
-            time.sleep(0.05)
-
+    if not port_opens(port, proc, timeout):
+        raise RuntimeError(f"dask scheduler on port {port} did not start")
 
 def _start(env: dict[str, str], workers: list[list[str]]):
     """A scheduler and one ``dask worker`` per entry of ``workers`` (its extra arguments),

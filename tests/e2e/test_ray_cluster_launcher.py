@@ -33,6 +33,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.e2e._ports import port_opens
 from tuning import Tuner, uniform
 from tuning.experiment import Journal
 
@@ -94,16 +95,8 @@ def _cluster_processes(name: str) -> list[psutil.Process]:
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"sshd did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.05)
-
+    if not port_opens(port, proc, timeout):
+        pytest.fail(f"sshd did not start:\n{log.read_text()[-2000:]}")
 
 @pytest.fixture
 def head(monkeypatch) -> Iterator[dict]:
