@@ -59,7 +59,7 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
         ctl, tracker = open_experiment_task(s, comp, resume, parent_params or _parent_params(s))
         stack.callback(tracker.close, wait=False)  # last: after the journal's final events
         stack.callback(ctl.journal.close)
-        stack.callback(ctl.backend.shutdown)
+        stack.callback(ctl.backend.release)  # a local cluster ends closing after return
         provision_cluster(ctl)
         ctl.on_tick = lambda: live.notify(ctl)
         progress = Progress()
@@ -70,7 +70,6 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
         live.notify(ctl, force=True)
         ctl.backend.begin_close()  # nothing runs on the cluster now: it goes meanwhile
         summary = summarize(ctl, tracker, s.tensorboard)
-        ctl.backend.shutdown()
     if comp is not None:  # in-process (Tuner.run): the result from memory, no journal re-read
         comp.extra["final_state"] = ctl.final_state()
     ctl.raise_if_aborted()

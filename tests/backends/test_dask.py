@@ -70,3 +70,35 @@ def test_slots_follow_workers_as_they_come_and_go_without_asking_the_scheduler()
         backend.cluster.scale(7)
         assert _wait_for(lambda: backend.slots == 14), backend.slots
         assert not asked
+
+
+def test_a_local_cluster_finishes_closing_after_the_run_a_cloud_one_before():
+    """`release()` returns while the run's own LocalCluster is still closing (its workers take
+    seconds to go) and `join_closing()` (the exit handler) ends them; a `cluster_class` one
+    (a cloud's, say) is closed before `release()` returns."""
+    import time
+
+    import psutil
+
+    from tuning.backends._base import join_closing
+
+    local = DaskBackend(n_workers=2)
+    local.start()
+    assert local.close_after_return
+    workers = [psutil.Process(w.process.pid) for w in local.cluster.workers.values()]
+    local.begin_close()
+    t0 = time.monotonic()
+    local.release()
+    assert time.monotonic() - t0 < 0.5
+    assert local._closing is not None and local._closing.is_alive()
+    assert join_closing(timeout_s=60)
+    assert not local._closing.is_alive()
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in workers)
+
+    provisioned = DaskBackend(cluster_class="distributed.LocalCluster",
+                              cluster_kwargs={"n_workers": 1, "processes": False})
+    provisioned.start()
+    assert not provisioned.close_after_return
+    provisioned.begin_close()
+    provisioned.release()
+    assert provisioned.cluster is None and not provisioned._closing.is_alive()

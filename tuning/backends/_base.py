@@ -14,6 +14,7 @@ order they happened:
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +70,25 @@ def message_from_dict(msg: dict[str, Any]) -> Message | None:
     if kind == "started":
         return Started(msg["trial_id"], msg["segment_id"], msg.get("worker"))
     return None
+
+
+#: closes left to finish after their run returned (:meth:`Backend.release`)
+_CLOSING: list[threading.Thread] = []
+
+
+def join_closing(timeout_s: float = 60.0) -> bool:
+    """Wait for the closes runs left behind; True when every one has ended. Registered with
+    :mod:`atexit` by :meth:`Backend.release` (after the cluster library's own exit handlers,
+    so it runs before them), so a process never exits with a local cluster half closed."""
+    deadline = time.monotonic() + timeout_s
+    while _CLOSING:
+        thread = _CLOSING[0]
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return False
+        _CLOSING.pop(0)
+    return True
+
 
 
 class Backend:
@@ -138,6 +158,23 @@ class Backend:
             self._closing = threading.Thread(target=self._close_after_start, daemon=True,
                                              name=f"rungflow-{self.name}-close")
             self._closing.start()
+
+    #: whether a close begun by :meth:`begin_close` may end after the run has returned (a
+    #: local cluster this run started: nothing of the run is left on it, and its processes
+    #: take seconds to go). The close is then finished at the latest when the interpreter
+    #: exits (:func:`join_closing`); anything that costs money (a cloud cluster) is always
+    #: waited for.
+    close_after_return: bool = False
+
+    def release(self) -> None:
+        """The run is over: :meth:`shutdown`, or leave a begun close to finish on its own
+        when :attr:`close_after_return` allows it."""
+        if self._closing is not None and self.close_after_return:
+            _CLOSING.append(self._closing)
+            atexit.unregister(join_closing)
+            atexit.register(join_closing)  # the last registered runs first
+            return
+        self.shutdown()
 
     def prepare(self, trainable: Callable[..., Any]) -> None:
         """Called once, before the first submit, with the trainable: ship it to the workers."""

@@ -293,6 +293,9 @@ class DaskBackend(Backend):
             else:
                 self.cluster = self._make_cluster()
                 self._owns_cluster = True
+                # its workers take seconds to go and hold nothing of the run: the run returns
+                # meanwhile (a cluster_class one, on a cloud, is waited for)
+                self.close_after_return = self.cluster_class is None
                 if self.adapt:
                     self.cluster.adapt(**self.adapt)
                 self.client = Client(self.cluster, timeout=self.connect_timeout_s)
