@@ -15,7 +15,12 @@ picked (retrained with a fixed seed), and for rungflow the CPU-seconds of the co
 Last line: ``wall_ratio X`` (median over seeds; goal <= 1.5) and ``control_plane_cpu_share Y``
 (goal <= 0.15).
 
-    .venv/bin/python benchmarks/digits_vs_optuna.py [--seeds 0 1 2] [--trials 60]
+Optuna's in-process wall starts with torch imported and the data loaded; each of rungflow's
+worker processes imports torch and loads the data itself inside its wall. ``--cold`` also
+times each side as a script from a fresh interpreter to its exit (``python -c`` running one
+study), which is what either costs a user who starts it: ``cold_wall_ratio X``.
+
+    .venv/bin/python benchmarks/digits_vs_optuna.py [--seeds 0 1 2] [--trials 60] [--cold]
 """
 
 from __future__ import annotations
@@ -182,10 +187,27 @@ def _median_epoch(log_dir: str) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def cold(which: str, seed: int, n_trials: int, root: str) -> float:
+    """Seconds from starting a fresh interpreter that runs one study (``which``) to its exit."""
+    import subprocess
+
+    log_dir = tempfile.mkdtemp(dir=root)
+    call = (f"run_optuna({seed}, {n_trials}, {log_dir!r})" if which == "optuna" else
+            f"run_rungflow({seed}, {n_trials}, {root!r}, {log_dir!r})")
+    code = (f"import sys; sys.path.insert(0, {HERE!r})\n"
+            f"if __name__ == '__main__':\n    from digits_vs_optuna import *\n    {call}")
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(
+        os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE])))
+    return time.time() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=60)
+    ap.add_argument("--cold", action="store_true",
+                    help="also time each study as a script from a fresh interpreter")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     from overhead import start_prefect_server
@@ -193,7 +215,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="rungflow-digits-")
     proc, url = start_prefect_server(root)
     os.environ["PREFECT_API_URL"] = url
-    ratios, shares = [], []
+    ratios, shares, cold_ratios = [], [], []
     try:
         for seed in args.seeds:
             o_log, r_log = (tempfile.mkdtemp(dir=root) for _ in range(2))
@@ -209,10 +231,18 @@ def main() -> None:
                   f"{r['best_val']:.3f}, test {test_accuracy(r['best_config']):.3f}, control "
                   f"plane {r['control_cpu']:.1f} of {r['total_cpu']:.1f} CPU-s | ratio "
                   f"{ratio:.2f}", flush=True)
+            if args.cold:
+                oc = cold("optuna", seed, args.trials, root)
+                rc = cold("rungflow", seed, args.trials, root)
+                cold_ratios.append(rc / oc)
+                print(f"seed {seed} cold (fresh interpreter to exit): optuna {oc:.1f} s, "
+                      f"rungflow {rc:.1f} s | ratio {rc / oc:.2f}", flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     print(f"control_plane_cpu_share {statistics.median(shares):.3f}  (goal <= 0.15)")
+    if cold_ratios:
+        print(f"cold_wall_ratio {statistics.median(cold_ratios):.2f}")
     print(f"wall_ratio {statistics.median(ratios):.2f}  (goal <= 1.5)")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 import sys
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,15 +63,21 @@ def median_stops(best: float, others: Iterable[float], min_samples_required: int
 _NEUMAIER = sys.version_info >= (3, 12)  # builtin sum() of floats is compensated from 3.12
 
 
-@dataclass
+def _doubles() -> array[float]:
+    return array("d")
+
+
+@dataclass(slots=True)
 class _History:
     """One trial's results, and the running mean after each (``running_mean_at``'s value,
-    bit for bit: the builtin ``sum`` of the finite values divided by their count)."""
+    bit for bit: the builtin ``sum`` of the finite values divided by their count). Arrays of
+    doubles, not lists of floats: a third of the memory, and nothing for the garbage collector
+    to walk, at a hundred thousand trials."""
 
-    times: list[float] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    times: array[float] = field(default_factory=_doubles)
+    values: array[float] = field(default_factory=_doubles)
     best: float = float("nan")
-    means: list[float] = field(default_factory=list)
+    means: array[float] = field(default_factory=_doubles)
     _sum: float = 0.0
     _comp: float = 0.0
     _count: int = 0
