@@ -6,6 +6,7 @@
         loop until the budget is spent:
           dispatch(experiment)         # a wave: seconds of work, each result decided at once
           end_wave(experiment)         # between waves: rungs, budgets, a snapshot when due
+                                       # (not after the last wave: the summary follows)
       summarize(experiment)            # leaderboard and summary artifacts; plots by the writer
 
 Task runs grow with wall time (waves double from 2 s to 30 s), not with trials or results;
@@ -65,7 +66,8 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
         progress = Progress()
         while not ctl.done:
             dispatch(ctl)
-            end_wave(ctl)
+            if not ctl.done:  # between waves; the last wave's end is the summary
+                end_wave(ctl)
             progress.update(ctl)
         live.notify(ctl, force=True)
         ctl.backend.begin_close()  # nothing runs on the cluster now: it goes meanwhile

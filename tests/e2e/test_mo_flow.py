@@ -3,20 +3,12 @@ SQLite): the Prefect summary shows the Pareto front, MLflow tags it, the result 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def test_front_in_the_summary_artifact_mlflow_and_the_result(tmp_path: Path,

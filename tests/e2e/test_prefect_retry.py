@@ -35,6 +35,7 @@ def prefect_api(tmp_path_factory):
     env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")
+    env.pop("PREFECT_API_URL", None)  # this server is its own, not the test session's
     p = subprocess.Popen([f"{BIN}/prefect", "server", "start", "--host", "127.0.0.1", "--port",
                           str(port)], env=env, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,7 +4,6 @@ held-out split, registers it and gives it the ``champion`` alias, recording why.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,6 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def _spec(d: Path, **kw: Any) -> dict[str, Any]:

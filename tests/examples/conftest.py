@@ -1,22 +1,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """One temporary Prefect server (with its own database) for the module's tuning runs."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 class ListChannel:
