@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python -m tuning.examples.digits
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 tests --doctest-modules tuning
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

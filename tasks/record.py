@@ -55,9 +55,9 @@ def summarize(ctl: Controller, tracker: MlflowTracker | None,
 
         write_tensorboard(ctl.trials, f"{ctl.storage}/tensorboard", metric=ctl.metric,
                           histories=read_histories(ctl.journal))
-    rows = leaderboard_rows(ctl.trials.values(), ctl.metric, ctl.mode)
+    rows = leaderboard_rows(ctl.trials.values(), ctl.metric, ctl.mode, limit=200)
     key = "".join(c if c.isalnum() else "-" for c in ctl.name.lower())[:100]
-    create_table_artifact(key=f"{key}-leaderboard", table=rows[:200],
+    create_table_artifact(key=f"{key}-leaderboard", table=rows,
                           description=f"Leaderboard of {ctl.name} ({ctl.metric}, {ctl.mode})")
     best = ctl.best_trial()
     lines = [f"# {ctl.name}", "", f"- trials: {len(ctl.trials)} ({_counts(ctl)})",

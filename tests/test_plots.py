@@ -20,13 +20,20 @@ def _png_size(path: str) -> tuple[int, int]:
     return w, h
 
 
+class _HistoryTrial(Trial):
+    """A trial that carries its whole history (the driver's Trial keeps none; a subclass
+    without slots has a __dict__ for it)."""
+
+    history: list[dict]
+
+
 def _trial(i: int, iters: int, status: Status = Status.TERMINATED, rung: int | None = None,
            config: dict | None = None, metric: str = "acc") -> Trial:
     results = [{"training_iteration": k, metric: 1 - 0.5 / k - 0.01 * i, "timestamp": 1e9 + k}
                for k in range(1, iters + 1)]
-    t = Trial.with_results(f"trial-{i:03d}", config if config is not None else
+    t = _HistoryTrial.with_results(f"trial-{i:03d}", config if config is not None else
                            {"lr": 10 ** -(i % 4)}, results, status=status, rung=rung)
-    t.history = results  # type: ignore[attr-defined]  # the driver keeps none: tests do
+    t.history = results  # the driver keeps none: tests do
     return t
 
 

@@ -15,13 +15,20 @@ pytest.importorskip("tensorboardX")
 from tuning.tensorboard import read_scalars, write_tensorboard
 
 
+class _HistoryTrial(Trial):
+    """A trial that carries its whole history (the driver's Trial keeps none; a subclass
+    without slots has a __dict__ for it)."""
+
+    history: list[dict]
+
+
 def _trial(tid: str, n: int, config: dict | None = None) -> Trial:
     res = [{"training_iteration": k, "loss": 1.0 / k, "acc": 0.1 * k, "timestamp": 1.7e9 + k,
             "time_total_s": 0.5 * k, "checkpoint": f"file:///ck/{k}", "done": False,
             "note": "text"} for k in range(1, n + 1)]
-    t = Trial.with_results(tid, config if config is not None else {"lr": 0.01, "opt": "adam"},
+    t = _HistoryTrial.with_results(tid, config if config is not None else {"lr": 0.01, "opt": "adam"},
                            res, status=Status.TERMINATED)
-    t.history = res  # type: ignore[attr-defined]  # what the journal holds
+    t.history = res  # what the journal holds
     return t
 
 

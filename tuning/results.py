@@ -3,6 +3,7 @@ metrics, the Pareto front) and a DataFrame."""
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -66,12 +67,26 @@ _ROW_SKIP = frozenset({"training_iteration", "timestamp", "time_this_iter_s", "t
                        "checkpoint"})
 
 
-def leaderboard_rows(trials: Iterable[Trial], metric: str, mode: str) -> list[dict[str, Any]]:
-    """One row per trial (:func:`trial_row`), best first; trials without a value last."""
-    rows = [trial_row(t, metric, mode) for t in trials]
+def leaderboard_rows(trials: Iterable[Trial], metric: str, mode: str,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+    """One row per trial (:func:`trial_row`), best first; trials without a value last (ties
+    in trial order). With ``limit``, the best ``limit`` only, picked with a bounded heap
+    before any row is built: the rows of ten thousand trials are never all in memory.
+
+    Example:
+        >>> ts = [Trial.with_results(f"t{i}", {}, [{"training_iteration": 1, "acc": a}])
+        ...       for i, a in enumerate([0.2, 0.9, 0.5])]
+        >>> [r["trial_id"] for r in leaderboard_rows(ts, "acc", "max", limit=2)]
+        ['t1', 't2']
+    """
     sign = -1.0 if mode == "max" else 1.0
-    rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0)))
-    return rows
+
+    def key(t: Trial) -> tuple[bool, float]:
+        v = t.last_value(metric)
+        return v is None, sign * (v or 0.0)
+
+    chosen = sorted(trials, key=key) if limit is None else heapq.nsmallest(limit, trials, key)
+    return [trial_row(t, metric, mode) for t in chosen]
 
 
 def front_rows(trials: Iterable[Trial], objective: Objective) -> list[dict[str, Any]]:
@@ -93,8 +108,9 @@ def front_markdown(trials: Iterable[Trial], objective: Objective,
     given): what the Prefect summary artifact shows.
 
     Example:
-        >>> t = Trial("trial-000", {"lr": 0.1}, Status.TERMINATED,
-        ...           [{"training_iteration": 3, "acc": 0.9, "ms": 12.5}])
+        >>> t = Trial.with_results("trial-000", {"lr": 0.1},
+        ...                        [{"training_iteration": 3, "acc": 0.9, "ms": 12.5}],
+        ...                        status=Status.TERMINATED)
         >>> print(front_markdown([t], Objective.build(["acc", "ms"], ["max", "min"])))
         | trial | acc | ms | iterations | config |
         |---|---|---|---|---|

@@ -3,8 +3,8 @@
 Example:
     >>> from tuning import Tuner, ASHA, loguniform, uniform      # doctest: +SKIP
     >>> result = Tuner(train, space={"lr": loguniform(1e-4, 1e-1)}, metric="acc", mode="max",
-    ...                num_samples=24, scheduler=ASHA(max_t=10)).run()
-    >>> result.best_config, result.best_metric, result.best_checkpoint
+    ...                num_samples=24, scheduler=ASHA(max_t=10)).run()  # doctest: +SKIP
+    >>> result.best_config, result.best_metric, result.best_checkpoint  # doctest: +SKIP
 """
 
 from __future__ import annotations
