@@ -11,7 +11,6 @@ os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,14 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e._ports import free_port
+
 #: the session's `prefect server start` (pid, Prefect home), when this session started one
 _SERVER: dict[str, object] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -40,7 +35,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("PREFECT_API_URL") or os.environ.get("RUNGFLOW_TEST_PREFECT") == "ephemeral":
         return
     home = tempfile.mkdtemp(prefix="rungflow-test-prefect-")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PREFECT_HOME=home, PREFECT_SERVER_API_HOST="127.0.0.1",
                PREFECT_SERVER_API_PORT=str(port))
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")

@@ -1,4 +1,4 @@
-"""Waiting for a server process started by a test to listen on 127.0.0.1."""
+"""Ports for the servers tests start on 127.0.0.1: a free one, and waiting for one to open."""
 
 from __future__ import annotations
 
@@ -19,3 +19,10 @@ def port_opens(port: int, proc: subprocess.Popen, timeout: float) -> bool:
             if proc.poll() is not None or time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A port nothing listens on at 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,20 +17,16 @@ import urllib.request
 import mlflow
 import pytest
 
+from tests.e2e._ports import free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BIN = os.path.dirname(sys.executable)
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _port()
+    port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")

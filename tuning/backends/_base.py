@@ -90,7 +90,6 @@ def join_closing(timeout_s: float = 60.0) -> bool:
     return True
 
 
-
 class Backend:
     """Base class; see the module docstring for the messages.
 
