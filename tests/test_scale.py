@@ -101,3 +101,21 @@ def test_a_trial_keeps_constant_memory_whatever_its_results():
     many = Trial.with_results("b", {}, [{"training_iteration": k, "acc": 0.1}
                                         for k in range(3000)])
     assert size(many) == size(few) and many.num_results == 3000
+
+
+def test_a_trial_keeps_no_extremes_for_the_clocks_but_reads_them_back():
+    """Every report carries the clocks: no (last, lowest, highest) is kept for them (200 B a
+    trial at ten thousand trials), their last value comes from the last result, and the last
+    result's keys are one shared copy across trials."""
+    rs = [{"training_iteration": k, "acc": 0.1 * k, "time_this_iter_s": 0.5,
+           "time_total_s": 0.5 * k, "timestamp": 1e9 + k} for k in range(1, 4)]
+    a = Trial.with_results("a", {}, rs)
+    b = Trial.with_results("b", {}, [{"".join(k): v for k, v in r.items()} for r in rs])
+    assert set(a.values) == {"acc"} and a.checkpoints is None
+    assert a.last_value("time_total_s") == 1.5 and a.best_value("time_total_s", "min") == 1.5
+    assert a.best_value("acc", "min") == 0.1 and a.last_value("nope") is None
+    ka = next(k for k in a.last_result if k == "time_total_s")
+    kb = next(k for k in b.last_result if k == "time_total_s")
+    assert ka is kb  # interned
+    a.observe({"training_iteration": 4, "acc": 0.5, "checkpoint": "file:///c/4"})
+    assert a.checkpoint_at(9) == ("file:///c/4", 4) and a.checkpoint_at(3) == (None, 0)

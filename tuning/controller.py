@@ -297,7 +297,7 @@ class Controller:
                 return None
             config = got
         self.trial_count += 1
-        trial = Trial(trial_id, dict(config), info=dict(sugg.info),
+        trial = Trial(trial_id, dict(config), info=dict(sugg.info) if sugg.info else _NO_INFO,
                       bracket=sugg.info.get("bracket"))
         self.trials[trial_id] = trial
         self._emit("trial_created", trial_id=trial_id, config=trial.config, info=trial.info)
@@ -767,6 +767,8 @@ class Controller:
         return out
 
 
+#: the info of every trial created without any (shared: nothing writes a trial's info)
+_NO_INFO: dict[str, Any] = {}
 _RESERVED = {ITERATION, "time_this_iter_s", "time_total_s", "timestamp", "checkpoint"}
 #: how long the backend's message wait may last before timeouts and budgets are checked
 _POLL_S = 0.25

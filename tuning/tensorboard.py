@@ -63,8 +63,10 @@ def _hparam(v: Any) -> bool | str | float | int:
 
 def _final_metrics(trial: Trial, metric: str | None) -> dict[str, float]:
     """The last value of ``metric`` (or of every numeric metric) for the HParams tab."""
-    return {f"hparam/{k}": v[0] for k, v in trial.values.items()
-            if k not in _SKIP and (metric is None or k == metric)}
+    keys = [*trial.values, *(k for k in ("time_total_s",) if k in (trial.last_result or {}))]
+    out = {f"hparam/{k}": trial.last_value(k) for k in keys
+           if k not in _SKIP and (metric is None or k == metric)}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _clear(trial_dir: str) -> None:

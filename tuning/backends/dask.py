@@ -652,8 +652,12 @@ class DaskBackend(Backend):
         self._set_checkpoint(trial_id, url, iteration)
 
     def segment_finished(self, trial_id: str) -> None:
+        # nothing of a trial between its segments stays here (O(1) per running trial): a
+        # stop asked meanwhile is kept by stop() until the next submit, which clears it
         self._futures.pop(trial_id, None)
         self._segment_ids.pop(trial_id, None)
+        self._workers.pop(trial_id, None)
+        self._pending_stops.discard(trial_id)
 
 
 #: how long a segment's Done may wait for its last results on a direct line
