@@ -15,8 +15,12 @@ picked (retrained with a fixed seed), and for rungflow the CPU-seconds of the co
 Last line: ``wall_ratio X`` (median over seeds; goal <= 1.5) and ``control_plane_cpu_share Y``
 (goal <= 0.15).
 
-Optuna's in-process wall starts with torch imported and the data loaded; each of rungflow's
-worker processes imports torch and loads the data itself inside its wall. ``--cold`` also
+Optuna's in-process wall starts with optuna and torch imported, its study created and the data
+loaded; rungflow's starts with its flow module (Prefect) imported, and each of its worker
+processes imports torch and loads the data itself inside its wall. ``--backend '{"type":
+"dask", "n_workers": 2, "cluster_kwargs": {"processes": false}}'`` runs rungflow's trials as
+threads in the driver, as Optuna's ``n_jobs`` does (its control-plane share then counts the
+trials too). ``--cold`` also
 times each side as a script from a fresh interpreter to its exit (``python -c`` running one
 study), which is what either costs a user who starts it: ``cold_wall_ratio X``.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import signal
 import statistics
@@ -153,6 +158,10 @@ def run_optuna(seed: int, n_trials: int, log_dir: str) -> dict[str, Any]:
             "best_config": dict(best.params)}
 
 
+#: the Dask backend (``--backend``): process workers by default
+BACKEND: dict[str, Any] = {"type": "dask", "n_workers": 2}
+
+
 def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str) -> dict[str, Any]:
     sys.path.insert(0, HERE)
     from decisions import CpuSampler
@@ -165,8 +174,10 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str) -> dict[str,
         "log_dir": log_dir},
         metric="mean_accuracy", mode="max", num_samples=n_trials,
         scheduler=ASHA(max_t=MAX_T, grace_period=1, reduction_factor=RF),
-        backend={"type": "dask", "n_workers": 2}, storage_path=os.path.join(root, "runs"),
+        backend=BACKEND, storage_path=os.path.join(root, "runs"),
         tracking_uri=f"sqlite:///{root}/mlflow-{seed}.db", seed=seed, name=f"digits-{seed}")
+    import tuning.flows.tune  # noqa: F401 - the library imported before the clock, as Optuna is
+
     with CpuSampler() as cpu:
         t0 = time.time()
         res = tuner.run()
@@ -206,9 +217,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=60)
+    ap.add_argument("--backend", type=json.loads, default=None,
+                    help='JSON, e.g. \'{"type": "dask", "n_workers": 2, "cluster_kwargs": '
+                         '{"processes": false}}\' for thread workers in the driver, as '
+                         "Optuna's n_jobs threads")
     ap.add_argument("--cold", action="store_true",
                     help="also time each study as a script from a fresh interpreter")
     args = ap.parse_args()
+    if args.backend is not None:
+        BACKEND.clear()
+        BACKEND.update(args.backend)
     sys.path.insert(0, HERE)
     from overhead import start_prefect_server
 

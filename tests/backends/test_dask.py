@@ -18,14 +18,17 @@ from tuning.space import Space
 pytestmark = pytest.mark.slow
 
 
-def test_asha_stop_at_a_milestone_trains_no_iteration_past_it(tmp_path):
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_asha_stop_at_a_milestone_trains_no_iteration_past_it(tmp_path, processes):
+    """Also with thread workers in the driver (``cluster_kwargs: {processes: false}``): the
+    trials share the driver's mailbox and the stop still lands at the milestone."""
     import trainables
 
     marks = tmp_path / "marks"
     marks.mkdir()
     d = str(tmp_path / "exp")
     space = {"x": uniform(0, 1), "iters": 9, "sleep": 0.02, "marks": str(marks)}
-    with DaskBackend(n_workers=2) as backend:
+    with DaskBackend(n_workers=2, cluster_kwargs={"processes": processes}) as backend:
         ctl = Controller(name="exp", trainable=trainables.counted, space=Space(space),
                          metric="score", mode="max",
                          scheduler=ASHA(max_t=9, grace_period=1, reduction_factor=3),

@@ -387,6 +387,8 @@ class DaskBackend(Backend):
                       "host": "127.0.0.1", "dashboard_address": None,
                       "resources": _local_resources(n)}
             kwargs.update(self.cluster_kwargs)
+            if not kwargs["processes"]:  # thread workers in this process, as Optuna's n_jobs:
+                kwargs.setdefault("protocol", "tcp")  # inproc:// takes no host
             return LocalCluster(**kwargs)
         cls = import_object(self.cluster_class) if isinstance(self.cluster_class, str) \
             else self.cluster_class
