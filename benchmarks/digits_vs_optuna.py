@@ -158,11 +158,8 @@ def run_optuna(seed: int, n_trials: int, log_dir: str) -> dict[str, Any]:
             "best_config": dict(best.params)}
 
 
-#: the Dask backend (``--backend``): process workers by default
-BACKEND: dict[str, Any] = {"type": "dask", "n_workers": 2}
-
-
-def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str) -> dict[str, Any]:
+def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
+                 backend: dict[str, Any] | None = None) -> dict[str, Any]:
     sys.path.insert(0, HERE)
     from decisions import CpuSampler
 
@@ -174,7 +171,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str) -> dict[str,
         "log_dir": log_dir},
         metric="mean_accuracy", mode="max", num_samples=n_trials,
         scheduler=ASHA(max_t=MAX_T, grace_period=1, reduction_factor=RF),
-        backend=BACKEND, storage_path=os.path.join(root, "runs"),
+        backend=backend or {"type": "dask", "n_workers": 2}, storage_path=os.path.join(root, "runs"),
         tracking_uri=f"sqlite:///{root}/mlflow-{seed}.db", seed=seed, name=f"digits-{seed}")
     import tuning.flows.tune  # noqa: F401 - the library imported before the clock, as Optuna is
 
@@ -198,13 +195,14 @@ def _median_epoch(log_dir: str) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def cold(which: str, seed: int, n_trials: int, root: str) -> float:
+def cold(which: str, seed: int, n_trials: int, root: str,
+         backend: dict[str, Any] | None = None) -> float:
     """Seconds from starting a fresh interpreter that runs one study (``which``) to its exit."""
     import subprocess
 
     log_dir = tempfile.mkdtemp(dir=root)
     call = (f"run_optuna({seed}, {n_trials}, {log_dir!r})" if which == "optuna" else
-            f"run_rungflow({seed}, {n_trials}, {root!r}, {log_dir!r})")
+            f"run_rungflow({seed}, {n_trials}, {root!r}, {log_dir!r}, {backend!r})")
     code = (f"import sys; sys.path.insert(0, {HERE!r})\n"
             f"if __name__ == '__main__':\n    from digits_vs_optuna import *\n    {call}")
     t0 = time.time()
@@ -224,9 +222,6 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true",
                     help="also time each study as a script from a fresh interpreter")
     args = ap.parse_args()
-    if args.backend is not None:
-        BACKEND.clear()
-        BACKEND.update(args.backend)
     sys.path.insert(0, HERE)
     from overhead import start_prefect_server
 
@@ -238,7 +233,7 @@ def main() -> None:
         for seed in args.seeds:
             o_log, r_log = (tempfile.mkdtemp(dir=root) for _ in range(2))
             o = run_optuna(seed, args.trials, o_log)
-            r = run_rungflow(seed, args.trials, root, r_log)
+            r = run_rungflow(seed, args.trials, root, r_log, args.backend)
             ratio, share = r["wall"] / o["wall"], r["control_cpu"] / max(r["total_cpu"], 1e-9)
             ratios.append(ratio)
             shares.append(share)
@@ -251,7 +246,7 @@ def main() -> None:
                   f"{ratio:.2f}", flush=True)
             if args.cold:
                 oc = cold("optuna", seed, args.trials, root)
-                rc = cold("rungflow", seed, args.trials, root)
+                rc = cold("rungflow", seed, args.trials, root, args.backend)
                 cold_ratios.append(rc / oc)
                 print(f"seed {seed} cold (fresh interpreter to exit): optuna {oc:.1f} s, "
                       f"rungflow {rc:.1f} s | ratio {rc / oc:.2f}", flush=True)

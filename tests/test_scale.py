@@ -117,5 +117,6 @@ def test_a_trial_keeps_no_extremes_for_the_clocks_but_reads_them_back():
     ka = next(k for k in a.last_result if k == "time_total_s")
     kb = next(k for k in b.last_result if k == "time_total_s")
     assert ka is kb  # interned
+    assert next(k for k in a.values if k == "acc") is next(k for k in b.values if k == "acc")
     a.observe({"training_iteration": 4, "acc": 0.5, "checkpoint": "file:///c/4"})
     assert a.checkpoint_at(9) == ("file:///c/4", 4) and a.checkpoint_at(3) == (None, 0)

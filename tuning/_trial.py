@@ -34,10 +34,11 @@ def format_trial_id(index: int) -> str:
     return f"trial-{index:03d}"
 
 
-#: result keys every report carries that are no metric: no last/lowest/highest kept for them
-#: (a wall-clock stamp, the iteration, the clocks: ~200 B a trial at ten thousand trials);
-#: their last value is read from the last result
-_NOT_VALUES = frozenset({ITERATION, "timestamp", "time_this_iter_s", "time_total_s"})
+#: the clocks every report carries: no last/lowest/highest kept for them (~200 B a trial at
+#: ten thousand trials); their last value is read from the last result
+_CLOCKS = ("time_this_iter_s", "time_total_s")
+#: result keys that are no metric: nothing kept for them (the iteration, a wall-clock stamp)
+_NOT_VALUES = frozenset({ITERATION, "timestamp", *_CLOCKS})
 
 
 @dataclass(slots=True)  # no __dict__: ten thousand trials in the driver, each O(1) and small
@@ -78,13 +79,14 @@ class Trial:
 
     def observe(self, result: Mapping[str, Any]) -> None:
         """Take one reported result (in iteration order)."""
-        # keys interned: ten thousand last results share one copy of each metric's name
-        self.last_result = {intern(k) if type(k) is str else k: v for k, v in result.items()}
+        # keys interned: ten thousand trials share one copy of each metric's name
+        last = self.last_result = {intern(k) if type(k) is str else k: v
+                                   for k, v in result.items()}
         self.num_results += 1
-        ts = result.get("timestamp")
+        ts = last.get("timestamp")
         if self.first_timestamp is None and isinstance(ts, (int, float)):
             self.first_timestamp = float(ts)
-        for key, v in result.items():
+        for key, v in last.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or key in _NOT_VALUES:
                 continue
             v = float(v)
@@ -92,9 +94,9 @@ class Trial:
                 continue
             got = self.values.get(key)
             self.values[key] = (v, v, v) if got is None else (v, min(got[1], v), max(got[2], v))
-        url = result.get("checkpoint")
+        url = last.get("checkpoint")
         if url:
-            it = int(result[ITERATION])
+            it = int(last[ITERATION])
             self.checkpoint, self.checkpoint_iteration = url, it
             if self.checkpoints is None:
                 self.checkpoints = []
@@ -143,8 +145,13 @@ class Trial:
             return self._unkept(metric)  # a clock: its last value
         return got[2] if mode == "max" else got[1]
 
+    def metric_names(self) -> list[str]:
+        """Every metric with a last value: those reported as numbers, and the clocks."""
+        last = self.last_result or {}
+        return [*self.values, *(k for k in _CLOCKS if k in last)]
+
     def _unkept(self, metric: str) -> float | None:
-        v = self.last_result.get(metric) if metric in _NOT_VALUES and self.last_result else None
+        v = self.last_result.get(metric) if metric in _CLOCKS and self.last_result else None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return None
         return float(v)

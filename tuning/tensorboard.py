@@ -63,8 +63,7 @@ def _hparam(v: Any) -> bool | str | float | int:
 
 def _final_metrics(trial: Trial, metric: str | None) -> dict[str, float]:
     """The last value of ``metric`` (or of every numeric metric) for the HParams tab."""
-    keys = [*trial.values, *(k for k in ("time_total_s",) if k in (trial.last_result or {}))]
-    out = {f"hparam/{k}": trial.last_value(k) for k in keys
+    out = {f"hparam/{k}": trial.last_value(k) for k in trial.metric_names()
            if k not in _SKIP and (metric is None or k == metric)}
     return {k: v for k, v in out.items() if v is not None}
 
