@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tracemalloc
 
+from tuning._trial import _CLOCKS as CLOCKS
 from tuning._trial import Trial
 from tuning.backends.simulated import CrossingCurves, SimulatedBackend
 from tuning.controller import Budget, Controller
@@ -111,7 +112,8 @@ def test_a_trial_keeps_no_extremes_for_the_clocks_but_reads_them_back():
            "time_total_s": 0.5 * k, "timestamp": 1e9 + k} for k in range(1, 4)]
     a = Trial.with_results("a", {}, rs)
     b = Trial.with_results("b", {}, [{"".join(k): v for k, v in r.items()} for r in rs])
-    assert set(a.values) == {"acc"} and a.checkpoints is None
+    assert set(a.metric_names()) == {"acc", *CLOCKS} and a.checkpoints is None
+    assert len(a.values) == 3  # acc's last, lowest and highest: nothing for the clocks
     assert a.last_value("time_total_s") == 1.5 and a.best_value("time_total_s", "min") == 1.5
     assert a.best_value("acc", "min") == 0.1 and a.last_value("nope") is None
     ka = next(k for k in a.last_result if k == "time_total_s")
@@ -120,3 +122,25 @@ def test_a_trial_keeps_no_extremes_for_the_clocks_but_reads_them_back():
     assert next(k for k in a.values if k == "acc") is next(k for k in b.values if k == "acc")
     a.observe({"training_iteration": 4, "acc": 0.5, "checkpoint": "file:///c/4"})
     assert a.checkpoint_at(9) == ("file:///c/4", 4) and a.checkpoint_at(3) == (None, 0)
+
+
+def test_a_trial_adds_one_object_for_the_garbage_collector_to_scan():
+    """At 100,000 trials every full collection scans every tracked object: a trial's
+    values and checkpoint index hold only floats, ints and strings, so Python never tracks
+    them, and the trial record is the one object a trial adds."""
+    import gc
+
+    t = Trial.with_results("a", {"lr": 0.1}, [
+        {"training_iteration": k, "acc": 0.1 * k, "loss": 1.0 / k, "time_total_s": 1.0 * k,
+         "checkpoint": f"file:///c/{k}"} for k in range(1, 6)])
+    gc.collect()  # tuples and dicts of atoms are untracked by a collection, not on creation
+    assert gc.is_tracked(t)
+    assert not gc.is_tracked(t.values) and not gc.is_tracked(t.checkpoints)
+    assert not gc.is_tracked(t.last_result) and not gc.is_tracked(t.config)
+    assert (t.last_value("acc"), t.best_value("acc", "min"), t.best_value("acc", "max")) \
+        == (0.5, 0.1, 0.5)
+    assert (t.best_value("loss", "min"), t.best_value("loss", "max")) == (0.2, 1.0)
+    # a trial restarted from its checkpoint at 2 re-takes 3: the re-taken one is the latest
+    t.observe({"training_iteration": 3, "acc": 0.3, "checkpoint": "file:///c/3b"})
+    assert t.checkpoint_at(9) == ("file:///c/3b", 3) and t.checkpoint_at(4) == ("file:///c/3b", 3)
+    assert t.checkpoint_at(2) == ("file:///c/2", 2)

@@ -39,6 +39,17 @@ def format_trial_id(index: int) -> str:
 _CLOCKS = ("time_this_iter_s", "time_total_s")
 #: result keys that are no metric: nothing kept for them (the iteration, a wall-clock stamp)
 _NOT_VALUES = frozenset({ITERATION, "timestamp", *_CLOCKS})
+#: metric -> the keys its lowest and highest value have in ``Trial.values``
+_BOUND_KEYS: dict[str, tuple[str, str]] = {}
+_BOUND_MARK = "\x00"  # starts the bound keys; no metric name does
+
+
+def _bound_keys(metric: str) -> tuple[str, str]:
+    got = _BOUND_KEYS.get(metric)
+    if got is None:
+        got = _BOUND_KEYS[metric] = (intern(f"{_BOUND_MARK}min:{metric}"),
+                                     intern(f"{_BOUND_MARK}max:{metric}"))
+    return got
 
 
 @dataclass(slots=True)  # no __dict__: ten thousand trials in the driver, each O(1) and small
@@ -64,9 +75,9 @@ class Trial:
     num_results: int = 0
     checkpoint: str | None = None
     checkpoint_iteration: int = 0
-    #: (iteration, checkpoint URL) of every checkpoint, in order: where PBT finds a donor's
-    #: state at a given iteration
-    checkpoints: list[tuple[int, str]] | None = None  # None until the first one
+    #: iteration -> checkpoint URL of every checkpoint, the latest taken last: where PBT finds
+    #: a donor's state at a given iteration (None until the first one)
+    checkpoints: dict[int, str] | None = None
     rung: int | None = None  # the highest milestone (resource) at which a decision was taken
     num_failures: int = 0
     error: str | None = None
@@ -74,8 +85,11 @@ class Trial:
     stopped_at: int | None = None  # the milestone at which the scheduler stopped it
     info: dict[str, Any] = field(default_factory=dict)
     first_timestamp: float | None = None
-    #: metric -> (last, lowest, highest) finite value reported
-    values: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: per metric its last finite value under its name, and its lowest and highest under
+    #: two derived keys (:meth:`metric_names` lists the names). Only floats and strings:
+    #: Python's garbage collector never scans the dict, so a hundred thousand trials add
+    #: one scanned object each (the trial), not three
+    values: dict[str, float] = field(default_factory=dict)
 
     def observe(self, result: Mapping[str, Any]) -> None:
         """Take one reported result (in iteration order)."""
@@ -92,15 +106,24 @@ class Trial:
             v = float(v)
             if not math.isfinite(v):
                 continue
-            got = self.values.get(key)
-            self.values[key] = (v, v, v) if got is None else (v, min(got[1], v), max(got[2], v))
+            lo, hi = _bound_keys(key)
+            vals = self.values
+            if key in vals:
+                if v < vals[lo]:
+                    vals[lo] = v
+                if v > vals[hi]:
+                    vals[hi] = v
+            else:
+                vals[lo] = vals[hi] = v
+            vals[key] = v
         url = last.get("checkpoint")
         if url:
             it = int(last[ITERATION])
             self.checkpoint, self.checkpoint_iteration = url, it
             if self.checkpoints is None:
-                self.checkpoints = []
-            self.checkpoints.append((it, url))
+                self.checkpoints = {}
+            self.checkpoints.pop(it, None)  # a re-taken one moves to the end: the latest
+            self.checkpoints[it] = url
 
     @classmethod
     def with_results(cls, trial_id: str, config: dict[str, Any],
@@ -129,7 +152,7 @@ class Trial:
 
     def checkpoint_at(self, iteration: int) -> tuple[str | None, int]:
         """The latest checkpoint taken at or before ``iteration``, and its iteration."""
-        for it, url in reversed(self.checkpoints or ()):
+        for it, url in reversed((self.checkpoints or {}).items()):
             if it <= iteration:
                 return url, it
         return None, 0
@@ -137,18 +160,18 @@ class Trial:
     def last_value(self, metric: str) -> float | None:
         """The last finite value reported for ``metric`` (Ray Tune's default scope)."""
         got = self.values.get(metric)
-        return got[0] if got else self._unkept(metric)
+        return got if got is not None else self._unkept(metric)
 
     def best_value(self, metric: str, mode: str) -> float | None:
-        got = self.values.get(metric)
-        if got is None:
+        if metric not in self.values:
             return self._unkept(metric)  # a clock: its last value
-        return got[2] if mode == "max" else got[1]
+        return self.values[_bound_keys(metric)[1 if mode == "max" else 0]]
 
     def metric_names(self) -> list[str]:
         """Every metric with a last value: those reported as numbers, and the clocks."""
         last = self.last_result or {}
-        return [*self.values, *(k for k in _CLOCKS if k in last)]
+        return [*(k for k in self.values if not k.startswith(_BOUND_MARK)),
+                *(k for k in _CLOCKS if k in last)]
 
     def _unkept(self, metric: str) -> float | None:
         v = self.last_result.get(metric) if metric in _CLOCKS and self.last_result else None

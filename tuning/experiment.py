@@ -104,7 +104,8 @@ class Journal:
         self.commit_s = commit_s
         self.commit_events = commit_events
         self.on_durable: Callable[[list[dict[str, Any]]], None] | None = None
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._pending: list[str] = []  # encoded lines: strings, which the GC never scans
+        self._records: list[dict[str, Any]] = []  # their events, kept only for on_durable
         self._seq = 0
         self._chunk_no: int | None = None
         self._memory: list[str] | None = [] if directory.startswith("memory://") else None
@@ -185,7 +186,9 @@ class Journal:
                 line = json.dumps(record, separators=(",", ":"), allow_nan=False)
             except ValueError:
                 line = json.dumps(_json_safe(record), separators=(",", ":"))
-            self._pending.append((line, record))
+            self._pending.append(line)
+            if self.on_durable is not None:
+                self._records.append(record)
             self.bytes_appended += len(line) + 1
             self.last_line_bytes = len(line) + 1
             if self._writer is None and not self._closed:
@@ -211,9 +214,10 @@ class Journal:
         with self._writing:  # one group at a time, in order
             with self._cond:
                 group, self._pending = self._pending, []
+                records, self._records = self._records, []
             if not group:
                 return
-            text = "\n".join(line for line, _ in group) + "\n"
+            text = "\n".join(group) + "\n"
             try:
                 self._write(text.encode())
             except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
@@ -223,7 +227,7 @@ class Journal:
             self.bytes_written += len(text)
             if self.on_durable is not None:
                 try:
-                    self.on_durable([rec for _, rec in group])
+                    self.on_durable(records)
                 except Exception as exc:  # noqa: BLE001 - a projection never stops the run
                     log.warning("journal listener failed: %s", exc)
 

@@ -131,12 +131,14 @@ class _Rung:
     """One milestone's recorded values, kept sorted for O(log n) cutoffs and promotions.
 
     ``values``: trial id -> value (larger is better, NaN kept) in recording order, the state
-    that is saved. ``ranked``: ``(-value, seq)`` of the finite values, best first, ties in
-    recording order (``rank_trials``'s order). ``candidates``: the ranked keys not promoted yet
-    and not seen ended (promote variant).
+    that is saved. ``ranked``: the finite values negated, best first: plain floats for the stop
+    variant, which only reads a cutoff from them; ``(-value, seq)`` with ``promotes``, ties in
+    recording order (``rank_trials``'s order). ``candidates`` (``promotes`` only): the ranked
+    keys not promoted yet and not seen ended.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, promotes: bool = False) -> None:
+        self.promotes = promotes
         self.values: dict[str, float] = {}
         self.ranked: SortedList = SortedList()
         self.candidates: SortedList = SortedList()
@@ -144,13 +146,18 @@ class _Rung:
 
     def record(self, tid: str, value: float, promoted: bool = False) -> None:
         self.values[tid] = value
-        seq = len(self.tids)
+        if math.isnan(value):
+            if self.promotes:
+                self.tids.append(tid)
+            return
+        if not self.promotes:
+            self.ranked.add(-value)
+            return
+        key = (-value, len(self.tids))
         self.tids.append(tid)
-        if not math.isnan(value):
-            key = (-value, seq)
-            self.ranked.add(key)
-            if not promoted:
-                self.candidates.add(key)
+        self.ranked.add(key)
+        if not promoted:
+            self.candidates.add(key)
 
     def cutoff(self, reduction_factor: int) -> float | None:
         """:func:`asha_cutoff` of the recorded values, in O(log n)."""
@@ -158,8 +165,8 @@ class _Rung:
         if n == 0:
             return None
         ranked = self.ranked
-        return percentile_of_sorted(lambda i: -ranked[n - 1 - i][0], n,
-                                    (1 - 1 / reduction_factor) * 100)
+        at = (lambda i: -ranked[n - 1 - i][0]) if self.promotes else (lambda i: -ranked[n - 1 - i])
+        return percentile_of_sorted(at, n, (1 - 1 / reduction_factor) * 100)
 
     def promote(self, reduction_factor: int, trials: Mapping[str, Trial]) -> str | None:
         """The best PAUSED trial of :func:`promotable`'s list, taken out of the candidates."""
@@ -181,8 +188,9 @@ class _Rung:
         return None
 
     @classmethod
-    def restore(cls, values: Mapping[str, float], promoted: Iterable[str]) -> _Rung:
-        rung, done = cls(), set(promoted)
+    def restore(cls, values: Mapping[str, float], promoted: Iterable[str],
+                promotes: bool = False) -> _Rung:
+        rung, done = cls(promotes), set(promoted)
         for tid, v in values.items():
             rung.record(tid, v, promoted=tid in done)
         return rung
@@ -249,7 +257,9 @@ class ASHA(Scheduler):
     def _reset(self) -> None:
         self._n_added = 0
         self._trial_bracket: dict[str, int] = {}
-        self._rung_state: list[list[_Rung]] = [[_Rung() for _ in ms] for ms in self._milestones]
+        promotes = self.variant == "promote"
+        self._rung_state: list[list[_Rung]] = [[_Rung(promotes) for _ in ms]
+                                               for ms in self._milestones]
         self._promoted: list[list[list[str]]] = [[[] for _ in ms] for ms in self._milestones]
         self._promotion_order = sorted(
             ((m, s, k) for s, ms in enumerate(self._milestones) for k, m in enumerate(ms)
@@ -375,6 +385,8 @@ class ASHA(Scheduler):
         self._n_added = int(state["n_added"])
         self._trial_bracket = {k: int(v) for k, v in state["trial_bracket"].items()}
         self._promoted = [[list(p) for p in ps] for ps in state["promoted"]]
-        self._rung_state = [[_Rung.restore(decode_values(r), p) for r, p in zip(rungs, ps)]
+        promotes = self.variant == "promote"
+        self._rung_state = [[_Rung.restore(decode_values(r), p, promotes)
+                             for r, p in zip(rungs, ps)]
                             for rungs, ps in zip(state["rungs"], self._promoted)]
 
