@@ -8,16 +8,22 @@ result is the run's wall time over the results it decided; the simulated curves'
 measured apart (stepping the same number of iterations alone) and taken out, so what is left
 is the engine's. Printed per scheduler: the engine's microseconds per result at the two sizes,
 their ratio (goal <= 1.2), the total wall at the large size (goal for ASHA: <= 120 s on 2
-cores), the journal's bytes per trial and the process's peak RSS. Last line: ``scale_growth X``,
-the largest of the ratios.
+cores), the journal's bytes per trial, the process's peak RSS and its full garbage collections.
+Last line: ``scale_growth X``, the largest of the ratios.
+
+This machine's speed drifts by 20-40% over minutes (a run of 100,000 trials took 16.3 s and
+26.0 s on the same code within ten minutes), so each size runs ``--repeat`` times, the sizes
+interleaved (small, large, small, large, ...), and the fastest run of each size is compared
+(``timeit``'s rule: the noise only ever adds time); the spread of each size is printed.
 
     .venv/bin/python benchmarks/sim_scale.py                     # 10,000 and 100,000
-    .venv/bin/python benchmarks/sim_scale.py --sizes 2000 20000 --only asha
+    .venv/bin/python benchmarks/sim_scale.py --sizes 2000 20000 --only asha --repeat 1
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -55,14 +61,17 @@ def curves_cost(results: int) -> float:
 
 
 def child(kind: str, n: int) -> dict[str, Any]:
+    import tempfile
+
     from tuning.backends.simulated import CrossingCurves, SimulatedBackend
     from tuning.controller import Budget, Controller
     from tuning.experiment import Journal
     from tuning.searchers import RandomSearch
     from tuning.space import Space, loguniform, uniform
 
-    import tempfile
-
+    full = [0]
+    gc.callbacks.append(lambda phase, info: full.__setitem__(
+        0, full[0] + (phase == "stop" and info["generation"] == 2)))
     url = tempfile.mkdtemp(prefix=f"rungflow-sim-{kind}-{n}-")  # a real journal file
     ctl = Controller(name="sim", trainable=CrossingCurves(max_t=MAX_T),
                      space=Space({"lr": loguniform(1e-4, 1.0), "momentum": uniform(0, 1)}),
@@ -77,13 +86,15 @@ def child(kind: str, n: int) -> dict[str, Any]:
     return {"kind": kind, "n": n, "wall": wall, "results": results, "sim_s": sim,
             "engine_us": (wall - sim) / results * 1e6, "bytes": ctl.journal.bytes_written,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-            "trials": len(ctl.trials)}
+            "trials": len(ctl.trials), "full_gc": full[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs=2, default=[10_000, 100_000])
     ap.add_argument("--only", nargs="*", choices=["asha", "median", "hyperband"])
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs of each size, interleaved; the fastest is compared")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -92,15 +103,18 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     ratios = []
     for kind in args.only or ["asha", "median", "hyperband"]:
-        rows = []
-        for n in args.sizes:  # each size in a fresh process: its peak RSS is its own
-            p = subprocess.run([sys.executable, __file__, "--child", kind, str(n)], env=env,
-                               capture_output=True, text=True, check=False)
-            line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-            if p.returncode != 0 or not line:
-                raise SystemExit(f"{kind} at {n} failed:\n{p.stderr[-3000:]}")
-            rows.append(json.loads(line[-1][7:]))
-        small, large = rows
+        runs: dict[int, list[dict[str, Any]]] = {n: [] for n in args.sizes}
+        for _ in range(args.repeat):
+            for n in args.sizes:  # each run in a fresh process: its peak RSS is its own
+                p = subprocess.run([sys.executable, __file__, "--child", kind, str(n)], env=env,
+                                   capture_output=True, text=True, check=False)
+                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                if p.returncode != 0 or not line:
+                    raise SystemExit(f"{kind} at {n} failed:\n{p.stderr[-3000:]}")
+                runs[n].append(json.loads(line[-1][7:]))
+        small, large = (min(runs[n], key=lambda r: r["engine_us"]) for n in args.sizes)
+        spread = "; ".join(f"{n:,}: " + " ".join(f"{r['engine_us']:.0f}" for r in runs[n])
+                           for n in args.sizes)
         ratio = large["engine_us"] / small["engine_us"]
         ratios.append(ratio)
         print(f"{kind:<9} engine {small['engine_us']:.0f} us/result at {small['n']:,} "
@@ -108,7 +122,9 @@ def main() -> None:
               f"({large['results']:,}): ratio {ratio:.2f}; total at {large['n']:,}: "
               f"{large['wall']:.1f} s (curves {large['sim_s']:.1f} s); journal "
               f"{small['bytes'] / small['n']:.0f} / {large['bytes'] / large['n']:.0f} B per "
-              f"trial; peak RSS {small['rss_mb']:.0f} / {large['rss_mb']:.0f} MB", flush=True)
+              f"trial; peak RSS {small['rss_mb']:.0f} / {large['rss_mb']:.0f} MB; full GCs "
+              f"{small['full_gc']} / {large['full_gc']} (every run, us/result: {spread})",
+              flush=True)
     print(f"scale_growth {max(ratios):.2f}")
 
 

@@ -117,7 +117,10 @@ class _History:
         return self.means[k - 1] if k else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"times": list(self.times), "values": [encode_float(v) for v in self.values]}
+        values = self.values.tolist()
+        if not all(map(math.isfinite, values)):  # NaN and infinities have no JSON number
+            values = [encode_float(v) for v in values]
+        return {"times": self.times.tolist(), "values": values}
 
 
 class MedianStopping(Scheduler):
@@ -240,13 +243,14 @@ class MedianStopping(Scheduler):
         if math.isnan(history.best):
             return True
         assert means is not None
-        if not math.isnan(own):
-            means.remove(own)
-        try:
-            median = means[n // 2] if n % 2 else (means[n // 2 - 1] + means[n // 2]) / 2
-        finally:
-            if not math.isnan(own):
-                means.add(own)
+        # the median of the others: the sorted means with this trial's own one left out,
+        # read by index (any copy of an equal value leaves the same sequence)
+        skip = len(means) if math.isnan(own) else means.bisect_left(own)
+
+        def other(i: int) -> float:
+            return float(means[i if i < skip else i + 1])
+
+        median = other(n // 2) if n % 2 else (other(n // 2 - 1) + other(n // 2)) / 2
         return history.best < median
 
     def decision_points(self, trial: Trial) -> DecisionPoints:
