@@ -117,7 +117,7 @@ class _History:
         return self.means[k - 1] if k else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        values = self.values.tolist()
+        values: list[Any] = self.values.tolist()
         if not all(map(math.isfinite, values)):  # NaN and infinities have no JSON number
             values = [encode_float(v) for v in values]
         return {"times": self.times.tolist(), "values": values}
