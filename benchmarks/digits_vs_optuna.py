@@ -186,6 +186,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
     return {"wall": wall, "epochs": sum(t.iteration for t in res.trials),
             "best_val": res.best_metric, "best_config": config,
             "control_cpu": roles.get("driver", 0.0) + roles.get("mlflow_writer", 0.0),
+            "driver_cpu": roles.get("driver", 0.0), "writer_cpu": roles.get("mlflow_writer", 0.0),
             "total_cpu": sum(roles.values())}
 
 
@@ -242,7 +243,8 @@ def main() -> None:
                   f"test {test_accuracy(o['best_config']):.3f} | rungflow {r['wall']:.1f} s, "
                   f"{r['epochs']} epochs, {_median_epoch(r_log) * 1e3:.0f} ms/epoch, best val "
                   f"{r['best_val']:.3f}, test {test_accuracy(r['best_config']):.3f}, control "
-                  f"plane {r['control_cpu']:.1f} of {r['total_cpu']:.1f} CPU-s | ratio "
+                  f"plane {r['control_cpu']:.1f} of {r['total_cpu']:.1f} CPU-s (driver "
+                  f"{r['driver_cpu']:.1f}, MLflow writer {r['writer_cpu']:.1f}) | ratio "
                   f"{ratio:.2f}", flush=True)
             if args.cold:
                 oc = cold("optuna", seed, args.trials, root)

@@ -343,3 +343,44 @@ def test_a_new_sqlite_store_is_copied_from_a_migrated_template(tmp_path, monkeyp
         run = c.create_run(c.create_experiment(f"exp-{db.parent.name}"))
         c.log_metric(run.info.run_id, "m", 1.0)
         assert [e.name for e in c.search_experiments()] == [f"exp-{db.parent.name}", "Default"]
+
+
+def test_the_writer_process_does_not_rerun_the_users_script(tmp_path, uri):
+    """A spawned child runs its parent's main file first; the writer skips it: a training
+    script's top-level imports (torch) would cost it seconds and hundreds of MB, and a script
+    without the ``__main__`` guard could not start it."""
+    import subprocess
+    import sys
+
+    marks = tmp_path / "executions.txt"
+    script = tmp_path / "train.py"
+    script.write_text(f"""
+import os
+with open({str(marks)!r}, "a") as f:  # every execution of this file, by any process
+    f.write(f"{{os.getpid()}}\\n")
+
+from tuning.experiment import Journal
+from tuning.tracking.mlflow import MlflowTracker
+
+# no __main__ guard, as in a notebook exported to a script
+j = Journal({str(tmp_path / "exp")!r})
+t = MlflowTracker({uri!r}, "exp", "run-1", "score", "max", {{}}, {{}})
+t.open_async()
+t.follow(j)
+j.append("trial_created", trial_id="trial-000", config={{"lr": 0.1}}, info={{}})
+j.append("segment_started", trial_id="trial-000", segment_id=1, config={{"lr": 0.1}},
+         checkpoint=None, start_iteration=0, pause_at=None)
+j.append("result", trial_id="trial-000", result={{"score": 0.5, "training_iteration": 1}})
+j.flush()
+t.flush()
+print("writer", t.writer_pid, flush=True)
+t.close()
+""")
+    env = {k: v for k, v in os.environ.items() if k != "RUNGFLOW_MLFLOW_WRITER"}
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    writer = int(p.stdout.split("writer ")[1].split()[0])
+    assert marks.read_text().split() == [marks.read_text().split()[0]]  # the driver, once
+    assert str(writer) not in marks.read_text().split()
+    assert set(children(uri)) == {"trial-000"}

@@ -27,7 +27,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -401,7 +401,7 @@ class MlflowTracker:
         self._inq, self._outq = ctx.Queue(self.queue_batches), ctx.Queue()
         self._proc = ctx.Process(target=_writer_main, name="rungflow-mlflow", daemon=False,
                                  args=(args, self._kwargs(), self._inq, self._outq))
-        self._proc.start()
+        _start_without_main(self._proc)
 
     @property
     def pending_events(self) -> int:
@@ -826,6 +826,42 @@ def replay_events(journal: Any) -> list[dict[str, Any]]:
     """A resumed run's catch-up for MLflow, as a list: the trial events the journal committed
     (the writer streams them itself from a journal it can read; this is for one it cannot)."""
     return list(_CatchUp(journal))
+
+
+_spawning = threading.local()
+_spawn_lock = threading.Lock()
+_spawn_preparation: Callable[[str], dict[str, Any]] | None = None
+
+
+def _preparation_data(name: str) -> dict[str, Any]:
+    """``multiprocessing.spawn.get_preparation_data``, less the user's main module when the
+    calling thread is starting the MLflow writer; unchanged for every other caller."""
+    assert _spawn_preparation is not None
+    data = _spawn_preparation(name)
+    if getattr(_spawning, "writer", False):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+def _start_without_main(proc: Any) -> None:
+    """Start the writer without re-running the user's script in it. A spawned child runs the
+    parent's ``__main__`` file first (as ``__mp_main__``) so that functions defined there
+    unpickle; the writer's target and arguments are rungflow's own, and a training script's
+    top-level ``import torch`` would cost the writer seconds of CPU and hundreds of MB (and a
+    script without the ``__main__`` guard would not start it at all)."""
+    global _spawn_preparation
+    from multiprocessing import spawn
+
+    with _spawn_lock:
+        if spawn.get_preparation_data is not _preparation_data:
+            _spawn_preparation = spawn.get_preparation_data
+            spawn.get_preparation_data = _preparation_data
+    _spawning.writer = True
+    try:
+        proc.start()
+    finally:
+        _spawning.writer = False
 
 
 def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: Any) -> None:
