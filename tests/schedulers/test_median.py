@@ -65,3 +65,36 @@ def test_errored_trials_do_not_count_and_max_t() -> None:
 def test_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MedianStopping(**kwargs)
+
+
+def test_a_history_is_one_object_and_copies_decide_alike() -> None:
+    """A trial's history is one array of doubles (one object for the garbage collector to
+    scan at a hundred thousand trials); pickling, copying and the snapshot give it back
+    whole, and a copy of the scheduler decides what the original decides."""
+    import copy
+    import gc
+    import pickle
+    import random
+
+    rng = random.Random(3)
+    s = MedianStopping(grace_period=1, min_samples_required=2, metric="acc", mode="max")
+    trials = [Trial(f"t{i}", {}) for i in range(8)]
+    for it in (1, 2, 3):
+        for t in trials:
+            v = NAN if rng.random() < 0.1 else rng.random()
+            s.on_result(t, {"training_iteration": it, "acc": v})
+    h = s._histories["t0"]
+    assert [o for o in gc.get_referents(h) if gc.is_tracked(o) and not isinstance(o, type)] == []
+    assert h.times == [1.0, 2.0, 3.0] and len(h.values) == 3
+    before = h.tolist()
+    for c in (copy.deepcopy(s), pickle.loads(pickle.dumps(s))):
+        assert type(c._histories["t0"]) is type(h)
+        assert repr(c._histories["t0"].tolist()) == repr(before)  # NaN included
+        ref = MedianStopping(grace_period=1, min_samples_required=2, metric="acc", mode="max")
+        ref.load_state_dict(s.state_dict())  # from the snapshot: what resume rebuilds
+        assert repr({k: v.tolist() for k, v in ref._histories.items()}) == \
+            repr({k: v.tolist() for k, v in c._histories.items()})
+        for it in (4, 5):
+            for t in trials[:3]:
+                r = {"training_iteration": it, "acc": 0.1 * it + rng.random() * 0.2}
+                assert c.on_result(t, r) == ref.on_result(t, r)

@@ -17,8 +17,7 @@ import math
 import sys
 from array import array
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sortedcontainers import SortedList
@@ -63,64 +62,104 @@ def median_stops(best: float, others: Iterable[float], min_samples_required: int
 _NEUMAIER = sys.version_info >= (3, 12)  # builtin sum() of floats is compensated from 3.12
 
 
-def _doubles() -> array[float]:
-    return array("d")
+_HEAD = 4  # best, running sum, its compensation, finite count; then (time, value, mean) triples
 
 
-@dataclass(slots=True)
-class _History:
+class _History(array):  # type: ignore[type-arg]
     """One trial's results, and the running mean after each (``running_mean_at``'s value,
-    bit for bit: the builtin ``sum`` of the finite values divided by their count). Arrays of
-    doubles, not lists of floats: a third of the memory, and nothing for the garbage collector
-    to walk, at a hundred thousand trials."""
+    bit for bit: the builtin ``sum`` of the finite values divided by their count).
 
-    times: array[float] = field(default_factory=_doubles)
-    values: array[float] = field(default_factory=_doubles)
-    best: float = float("nan")
-    means: array[float] = field(default_factory=_doubles)
-    _sum: float = 0.0
-    _comp: float = 0.0
-    _count: int = 0
+    One array of doubles: ``[best, sum, compensation, count, t0, v0, mean0, t1, v1, mean1,
+    ...]``. A third of the memory of lists of floats, and one object for Python's garbage
+    collector to scan per trial (three arrays and a record were four), at a hundred thousand
+    trials.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls) -> _History:
+        return cast(_History, super().__new__(cls, "d", (math.nan, 0.0, 0.0, 0.0)))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy keep the class
+        return _history_from, (self.tolist(),)
+
+    def __copy__(self) -> _History:
+        return _history_from(self.tolist())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _History:
+        return _history_from(self.tolist())
+
+    @property
+    def best(self) -> float:
+        return self[0]
+
+    @property
+    def last_time(self) -> float | None:
+        return self[-3] if len(self) > _HEAD else None
+
+    @property
+    def last_mean(self) -> float:
+        return self[-1]
+
+    @property
+    def times(self) -> list[float]:
+        return self[_HEAD::3].tolist()
+
+    @property
+    def values(self) -> list[float]:
+        return self[_HEAD + 1::3].tolist()
 
     def add(self, t: float, v: float) -> None:
-        self.times.append(t)
-        self.values.append(v)
         if not math.isnan(v):
             self._accumulate(v)
-            if math.isnan(self.best) or v > self.best:
-                self.best = v
-        self.means.append(self._mean())
+            if math.isnan(self[0]) or v > self[0]:
+                self[0] = v
+        self.extend((t, v, self._mean()))
 
     def _accumulate(self, v: float) -> None:
-        if self._count == 0 or not _NEUMAIER:
-            self._sum = self._sum + v  # sum() starts from the int 0: 0 + v, then adds in turn
+        total, comp, count = self[1], self[2], self[3]
+        if count == 0 or not _NEUMAIER:
+            total = total + v  # sum() starts from the int 0: 0 + v, then adds in turn
         else:  # CPython's sum(): Neumaier's compensated addition
-            total = self._sum + v
-            if abs(self._sum) >= abs(v):
-                self._comp += (self._sum - total) + v
+            new = total + v
+            if abs(total) >= abs(v):
+                comp += (total - new) + v
             else:
-                self._comp += (v - total) + self._sum
-            self._sum = total
-        self._count += 1
+                comp += (v - new) + total
+            total = new
+        self[1], self[2], self[3] = total, comp, count + 1
 
     def _mean(self) -> float:
-        if self._count == 0:
+        count = self[3]
+        if count == 0:
             return float("nan")
-        total = self._sum
-        if _NEUMAIER and self._comp and math.isfinite(self._comp):
-            total += self._comp
-        return total / self._count
+        total, comp = self[1], self[2]
+        if _NEUMAIER and comp and math.isfinite(comp):
+            total += comp
+        return total / count
 
     def mean_at(self, t: float) -> float:
-        """``running_mean_at(self.times, self.values, t)`` in O(log h)."""
-        k = bisect.bisect_right(self.times, t)
-        return self.means[k - 1] if k else float("nan")
+        """``running_mean_at(times, values, t)`` in O(log h)."""
+        lo, hi = 0, (len(self) - _HEAD) // 3
+        while lo < hi:  # bisect_right over the times
+            mid = (lo + hi) // 2
+            if t < self[_HEAD + 3 * mid]:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self[_HEAD + 3 * lo - 1] if lo else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        values: list[Any] = self.values.tolist()
+        values: list[Any] = self.values
         if not all(map(math.isfinite, values)):  # NaN and infinities have no JSON number
             values = [encode_float(v) for v in values]
-        return {"times": self.times.tolist(), "values": values}
+        return {"times": self.times, "values": values}
+
+
+def _history_from(items: list[float]) -> _History:
+    h = _History()
+    h[:] = array("d", items)
+    return h
 
 
 class MedianStopping(Scheduler):
@@ -182,7 +221,8 @@ class MedianStopping(Scheduler):
         stop = self._stops_fast(trial.trial_id, history, t)
         if stop is None:
             others = [h.mean_at(t) for tid, h in self._histories.items()
-                      if tid != trial.trial_id and tid not in self._errored and h.times[-1] >= t]
+                      if tid != trial.trial_id and tid not in self._errored
+                      and h[-3] >= t]  # its last time (every history has a result)
             stop = median_stops(history.best, others, self.min_samples_required)
         return Decision.STOP if stop else Decision.CONTINUE
 
@@ -194,7 +234,7 @@ class MedianStopping(Scheduler):
         h = self._histories.get(tid)
         if h is None:
             h = self._histories[tid] = _History()
-        last = h.times[-1] if h.times else None
+        last = h.last_time
         if self._counted(tid) and last is not None and t < last:
             self._uncount(tid)
             self._irregular.add(tid)
@@ -202,15 +242,15 @@ class MedianStopping(Scheduler):
             h.add(t, v)
             return h
         if last == t:  # again at the same time: its mean there changes
-            self._drop_mean(t, h.means[-1])
+            self._drop_mean(t, h.last_mean)
         else:
             self._count_at[t] = self._count_at.get(t, 0) + 1
             if last is not None:
                 self._lasts.remove(last)
             self._lasts.add(t)
         h.add(t, v)
-        if not math.isnan(h.means[-1]):
-            self._means_at.setdefault(t, SortedList()).add(h.means[-1])
+        if not math.isnan(h.last_mean):
+            self._means_at.setdefault(t, SortedList()).add(h.last_mean)
         return h
 
     def _drop_mean(self, t: float, mean: float) -> None:
@@ -220,12 +260,12 @@ class MedianStopping(Scheduler):
     def _uncount(self, tid: str) -> None:
         """Take a counted trial out of the per-time lists (it errored, or its times went back)."""
         h = self._histories.get(tid)
-        if h is None or not h.times:
+        if h is None or h.last_time is None:
             return
         for t in set(h.times):
             self._drop_mean(t, h.mean_at(t))
             self._count_at[t] -= 1
-        self._lasts.remove(h.times[-1])
+        self._lasts.remove(h.last_time)
 
     def _stops_fast(self, tid: str, history: _History, t: float) -> bool | None:
         """:func:`median_stops` from the sorted running means at ``t``; None when those do not
@@ -236,7 +276,7 @@ class MedianStopping(Scheduler):
         if self._count_at.get(t, 0) != reached:
             return None
         means = self._means_at.get(t)
-        own = history.means[-1]
+        own = history.last_mean
         n = (len(means) if means is not None else 0) - (0 if math.isnan(own) else 1)
         if n < self.min_samples_required:
             return False
