@@ -69,9 +69,13 @@ def child(kind: str, n: int) -> dict[str, Any]:
     from tuning.searchers import RandomSearch
     from tuning.space import Space, loguniform, uniform
 
-    full = [0]
-    gc.callbacks.append(lambda phase, info: full.__setitem__(
-        0, full[0] + (phase == "stop" and info["generation"] == 2)))
+    full = [0]  # full garbage collections during the run
+
+    def count_full(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full[0] += 1
+
+    gc.callbacks.append(count_full)
     url = tempfile.mkdtemp(prefix=f"rungflow-sim-{kind}-{n}-")  # a real journal file
     ctl = Controller(name="sim", trainable=CrossingCurves(max_t=MAX_T),
                      space=Space({"lr": loguniform(1e-4, 1.0), "momentum": uniform(0, 1)}),

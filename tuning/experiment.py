@@ -105,7 +105,9 @@ class Journal:
         self.commit_events = commit_events
         self.on_durable: Callable[[list[dict[str, Any]]], None] | None = None
         self._pending: list[str] = []  # encoded lines: strings, which the GC never scans
-        self._records: list[dict[str, Any]] = []  # their events, kept only for on_durable
+        # their events, kept only while on_durable is set (a listener set later sees the
+        # events appended from then on)
+        self._records: list[dict[str, Any]] = []
         self._seq = 0
         self._chunk_no: int | None = None
         self._memory: list[str] | None = [] if directory.startswith("memory://") else None

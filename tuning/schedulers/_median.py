@@ -140,14 +140,9 @@ class _History(array):  # type: ignore[type-arg]
 
     def mean_at(self, t: float) -> float:
         """``running_mean_at(times, values, t)`` in O(log h)."""
-        lo, hi = 0, (len(self) - _HEAD) // 3
-        while lo < hi:  # bisect_right over the times
-            mid = (lo + hi) // 2
-            if t < self[_HEAD + 3 * mid]:
-                hi = mid
-            else:
-                lo = mid + 1
-        return self[_HEAD + 3 * lo - 1] if lo else float("nan")
+        k = bisect.bisect_right(range((len(self) - _HEAD) // 3), t,
+                                key=lambda i: self[_HEAD + 3 * i])  # over the times
+        return self[_HEAD + 3 * k - 1] if k else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         values: list[Any] = self.values
