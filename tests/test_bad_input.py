@@ -74,6 +74,8 @@ CASES = [
     ({"trainable": "tests.trainables:nothing_here"}, "trainable", "no attribute 'nothing_here'"),
     ({"num_samples": 0}, "num_samples", "greater than or equal to 1"),
     ({"backend": {"type": "kubernetes"}}, "backend.type", "allowed: dask, ray, simulated"),
+    ({"backend": {"type": "dask", "preload": "torch"}}, "backend.preload",
+     "'auto', false, or a list of module names"),
     ({"colour": "blue"}, "colour", "unknown field"),
 ]
 

@@ -215,6 +215,10 @@ class ExperimentSpec(BaseModel):
         addr = v.get("address")
         if addr is not None and (not isinstance(addr, str) or not addr):
             raise ValueError(f"backend.address must be a non-empty string, got {addr!r}")
+        if kind == "dask" and "preload" in v:
+            from tuning._imports import check_preload
+
+            check_preload(v["preload"])
         return {"type": kind, **{k: x for k, x in v.items() if k != "type"}}
 
     @field_validator("resources")
@@ -361,7 +365,7 @@ def _refuse_custom(d: Mapping[str, Any], kind: str) -> None:
 
 _BACKEND_FIELDS: dict[str, set[str]] = {
     "dask": {"address", "cluster_class", "cluster_kwargs", "adapt", "n_workers",
-             "connect_timeout_s", "direct"},
+             "connect_timeout_s", "direct", "preload"},
     "ray": {"address", "cluster_config", "num_cpus", "num_gpus", "init_kwargs",
             "connect_timeout_s", "runtime_env"},
     "simulated": {"n_workers", "time_scale"},

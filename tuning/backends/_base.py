@@ -109,6 +109,11 @@ class Backend:
     def start(self) -> None:
         """Provision or connect; raise :class:`BackendError` with a clear message on failure."""
 
+    def expect(self, trainable: Callable[..., Any]) -> None:
+        """Called before :meth:`start` with the run's trainable: a backend that starts its own
+        worker processes may have them import what the trainable imports before its first
+        trial. Nothing by default."""
+
     def begin_start(self) -> None:
         """Start provisioning in the background (cluster processes spawn while the caller
         goes on with other set-up); :meth:`finish_start` waits for it."""

@@ -25,6 +25,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
+from tuning._imports import check_preload
 from tuning.backends._base import (
     Backend,
     BackendError,
@@ -233,7 +234,7 @@ class DaskBackend(Backend):
     def __init__(self, address: str | None = None, cluster_class: str | Callable[..., Any] | None = None,
                  cluster_kwargs: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None,
                  n_workers: int | None = None, resources: dict[str, float] | None = None, connect_timeout_s: float = 10.0,
-                 direct: bool = True) -> None:
+                 direct: bool = True, preload: str | list[str] | bool = "auto") -> None:
         if address is not None and cluster_class is not None:
             raise ValueError("backend: give either address or cluster_class, not both")
         self.address = address
@@ -244,6 +245,10 @@ class DaskBackend(Backend):
         self.resources = {k.lower(): float(v) for k, v in (resources or {}).items()}
         self.connect_timeout_s = connect_timeout_s
         self.direct = direct  # results and answers over a direct line where workers reach us
+        self.preload = check_preload(preload)
+        self._preload_modules: list[str] = list(preload) if isinstance(preload, list) else []
+        self._forkserver_env: tuple[str, str | None] | None = None  # RUNGFLOW_PRELOAD before us
+        self._start_method: Any = None  # the dask.config.set that picks the forkserver
         self._listener: DirectListener | None = None
         self._lock = threading.Lock()  # the held Dones: client loop thread vs done callbacks
         self._direct_last: dict[tuple[str, int], int] = {}  # iterations seen over the line
@@ -378,6 +383,50 @@ class DaskBackend(Backend):
                     f"much {key} (the most any worker has: {have:g}); start workers with "
                     f"`--resources {key}=<n>` or ask for less")
 
+    def expect(self, trainable: Callable[..., Any]) -> None:
+        """``preload="auto"``: the modules the trainable imports (:mod:`tuning._imports`)."""
+        if self.preload == "auto":
+            from tuning._imports import packages_of
+
+            self._preload_modules = packages_of(trainable)
+
+    def _fork_workers(self) -> None:
+        """LocalCluster worker processes fork from Python's forkserver, which imports rungflow's
+        worker side and the trainable's modules once (``preload``) for all of them, instead of
+        each worker spawning a fresh interpreter that imports them itself: the imports are paid
+        once per driver process (a notebook's later runs start warm), and the workers share
+        those pages. The forkserver is started by the first worker with Dask's pre-spawn
+        environment (``OMP_NUM_THREADS=1``...), and each worker still gets the driver's
+        ``sys.path``, working directory and main module, as with spawn."""
+        import multiprocessing
+
+        import dask
+
+        if self.preload is False or "forkserver" not in multiprocessing.get_all_start_methods():
+            return
+        from distributed.utils import get_mp_context
+
+        from tuning._imports import ENV, preload_modules
+
+        self._start_method = dask.config.set(
+            {"distributed.worker.multiprocessing-method": "forkserver"})
+        ctx = get_mp_context()  # Dask sets its own preload list the first time: ours replaces it
+        ctx.set_forkserver_preload(["tuning._warm"])
+        self._forkserver_env = (ENV, os.environ.get(ENV))
+        os.environ[ENV] = ",".join(preload_modules(self._preload_modules))
+
+    def _unfork_workers(self) -> None:
+        if self._start_method is not None:
+            self._start_method.__exit__(None, None, None)
+            self._start_method = None
+        if self._forkserver_env is not None:
+            key, before = self._forkserver_env
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+            self._forkserver_env = None
+
     def _make_cluster(self) -> Any:
         if self.cluster_class is None:
             from distributed import LocalCluster
@@ -389,6 +438,8 @@ class DaskBackend(Backend):
             kwargs.update(self.cluster_kwargs)
             if not kwargs["processes"]:  # thread workers in this process, as Optuna's n_jobs:
                 kwargs.setdefault("protocol", "tcp")  # inproc:// takes no host
+            else:
+                self._fork_workers()
             return LocalCluster(**kwargs)
         cls = import_object(self.cluster_class) if isinstance(self.cluster_class, str) \
             else self.cluster_class
@@ -416,6 +467,7 @@ class DaskBackend(Backend):
             client.close()
         if cluster is not None and self._owns_cluster:
             cluster.close()
+        self._unfork_workers()
 
     def _unregister(self, client: Any) -> None:
         for name in (f"rungflow-trainable-{self.topic}", f"rungflow-workers-{self.topic}"):
@@ -707,3 +759,4 @@ def _dask_resources(resources: dict[str, float]) -> dict[str, float] | None:
     if not resources:
         return None
     return {_dask_name(k.lower()): float(v) for k, v in resources.items() if v}
+

@@ -1,0 +1,120 @@
+"""What a trainable imports, read from its code (the modules LocalCluster workers preload)."""
+# ruff: noqa: E306
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tuning._imports import check_preload, import_preload, packages_of, preload_modules
+
+
+@functools.lru_cache(maxsize=1)
+def _data():
+    from sklearn.datasets import load_digits  # lazy, behind a cached helper
+
+    return load_digits
+
+
+def _helper():
+    import xml.dom  # noqa: F401 - the standard library: never preloaded
+
+    return _data()
+
+
+def lazy_trainable(config):
+    import torch.nn  # noqa: F401 - a lazy import inside the trainable
+
+    return _helper(), np.zeros(1)
+
+
+class ClassTrainable:
+    def setup(self, config):
+        import scipy.optimize  # noqa: F401
+
+    @staticmethod
+    def helper():
+        import pandas  # noqa: F401
+
+
+def test_lazy_imports_helpers_and_globals_are_found():
+    found = packages_of(lazy_trainable)
+    assert "torch.nn" in found  # inside the function body
+    assert "sklearn.datasets" in found  # in a helper behind lru_cache, two calls away
+    assert "numpy" in found  # a module global it uses
+    assert not any(n.split(".")[0] in ("xml", "tuning", "functools") for n in found), found
+
+
+def test_classes_partials_and_nested_functions_are_read():
+    assert {"scipy.optimize", "pandas"} <= set(packages_of(ClassTrainable))
+
+    def outer(config, k):
+        def inner():
+            import sklearn.linear_model  # noqa: F401
+        return inner
+
+    assert "sklearn.linear_model" in packages_of(functools.partial(outer, k=1))
+    assert packages_of(len) == []  # a builtin: nothing to read
+
+
+def test_preload_lists_the_drivers_submodules_in_import_order():
+    import sklearn.datasets  # noqa: F401
+
+    mods = preload_modules(["sklearn.datasets", "os", "not_installed_pkg"])
+    assert {"sklearn", "sklearn.datasets"} <= set(mods) and all(
+        m.split(".")[0] in ("sklearn", "not_installed_pkg") for m in mods)
+    assert "os" not in mods and mods[-1] == "not_installed_pkg"
+    assert import_preload(["json", "not_installed_pkg"]) == ["not_installed_pkg"]
+
+
+def test_preload_values_are_checked():
+    assert check_preload(True) == "auto" and check_preload(False) is False
+    assert check_preload(["torch", "sklearn.datasets"]) == ["torch", "sklearn.datasets"]
+    for bad in ("torch", [""], ["a b"], 3):
+        with pytest.raises(ValueError, match="backend.preload"):
+            check_preload(bad)
+
+
+@pytest.mark.slow
+def test_local_workers_fork_with_the_trainables_imports_done(tmp_path):
+    """In a fresh interpreter (the forkserver is one per process): with ``preload="auto"`` a
+    LocalCluster worker has scikit-learn imported before any trial, forked from the
+    forkserver; with ``preload=False`` it is spawned as Dask does and has not."""
+    script = tmp_path / "user.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys
+        import psutil
+        from tuning.backends.dask import DaskBackend
+
+        def trainable(config):
+            from sklearn.datasets import load_digits
+            return load_digits
+
+        def probe():
+            parent = psutil.Process(os.getppid()).cmdline()
+            return ["sklearn.datasets" in sys.modules, "forkserver" in " ".join(parent),
+                    os.environ.get("OMP_NUM_THREADS")]
+
+        if __name__ == "__main__":
+            out = {}
+            for preload in ("auto", False):
+                backend = DaskBackend(n_workers=1, preload=preload)
+                backend.expect(trainable)
+                with backend:
+                    out[str(preload)] = list(backend.client.run(probe).values())[0]
+            out["env_after"] = os.environ.get("RUNGFLOW_PRELOAD")
+            print(json.dumps(out))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["auto"] == [True, True, "1"], out  # Dask's pre-spawn environment kept
+    assert out["False"] == [False, False, "1"], out
+    assert out["env_after"] is None  # the driver's environment is restored
