@@ -404,14 +404,17 @@ class DaskBackend(Backend):
 
         if self.preload is False or "forkserver" not in multiprocessing.get_all_start_methods():
             return
-        from distributed.utils import get_mp_context
+        import distributed.utils
 
         from tuning._imports import ENV, preload_modules
 
         self._start_method = dask.config.set(
             {"distributed.worker.multiprocessing-method": "forkserver"})
-        ctx = get_mp_context()  # Dask sets its own preload list the first time: ours replaces it
-        ctx.set_forkserver_preload(["tuning._warm"])
+        # Dask's first forkserver context would import its optional packages (pandas, lz4)
+        # into this process to list them as its own preload (60 MB of the driver's RSS);
+        # tuning._warm imports distributed and what the trainable needs instead
+        distributed.utils._forkserver_preload_set = True
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["tuning._warm"])
         self._forkserver_env = (ENV, os.environ.get(ENV))
         os.environ[ENV] = ",".join(preload_modules(self._preload_modules))
 
