@@ -181,6 +181,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
     from decisions import CpuSampler
 
     from tuning import ASHA, Tuner, choice, loguniform, uniform
+    from tuning.tracking.mlflow import join_writers
 
     tuner = Tuner(rungflow_trainable, space={
         "lr": loguniform(1e-4, 1.0), "momentum": uniform(0.0, 0.99),
@@ -198,11 +199,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
         wall = time.time() - t0
         # the MLflow writer draws the plots after run() returns: its CPU counts until it exits,
         # and the next seed's Optuna study does not share the cores with it
-        import multiprocessing
-
-        for p in multiprocessing.active_children():
-            if p.name == "rungflow-mlflow":
-                p.join(60)
+        join_writers()
         after = time.time() - t0 - wall
     roles = cpu.by_role()
     best = res.best_trial

@@ -385,3 +385,39 @@ t.close()
     assert len(ran) == 1  # the driver, once
     assert str(writer) not in ran
     assert set(children(uri)) == {"trial-000"}
+
+
+def test_a_finished_writer_process_serves_the_next_run_of_this_process(tmp_path, uri):
+    """The second run of a process hands its events to the first run's writer process (its
+    MLflow imports done), both runs are written whole, and the process ends when retired."""
+    import psutil
+
+    from tuning.tracking.mlflow import join_writers, retire_writers
+
+    pids = []
+    for k in range(2):
+        t = MlflowTracker(uri, "exp", f"run-{k}", "score", "max", {}, {})
+        t.open_async()
+        j = Journal(str(tmp_path / f"exp-{k}"))
+        t.follow(j)
+        attempt(j, 3, range(1, 4), 0.0, end=True)
+        j.flush()
+        t.flush()
+        pids.append(t.writer_pid)
+        t.close(wait=k == 0)  # the second closes as run() does: the plots finish after
+    assert pids[0] is not None and pids[0] == pids[1]
+    assert join_writers(60)  # finished its second run, and waits for a third
+    assert psutil.pid_exists(pids[0])
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("exp")
+    for k in range(2):
+        parent = c.search_runs([exp.experiment_id], f"tags.`mlflow.runName` = 'run-{k}'")
+        assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+        kids = c.search_runs([exp.experiment_id],
+                             f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
+        assert len(kids) == 3
+        for r in kids:
+            assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "score")) == \
+                [1, 2, 3]
+    retire_writers()
+    assert not psutil.pid_exists(pids[0])

@@ -18,6 +18,7 @@ table artifact (``pareto_front.json``) and a Pareto plot (``plots/pareto_front.p
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -50,20 +51,98 @@ log = logging.getLogger("tuning.tracking")
 #: (its start-up imports and store migration, then ~1 ms of CPU per trial) takes what is left
 WRITER_NICENESS = 5
 
+#: how long a writer process whose run has ended waits for the next run of this process
+#: (``RUNGFLOW_MLFLOW_WRITER_IDLE_S``; 0: it exits with its run)
+WRITER_IDLE_S = 300.0
+
+
+class _WriterProcess:
+    """A writer process and its queues. After its run it answers ``("idle",)`` and waits for
+    the next run of this process (``("begin", args, kwargs)``), which then skips MLflow's
+    imports (about 2.5 CPU-s: mlflow, its SQLAlchemy store, matplotlib for the plots)."""
+
+    def __init__(self, proc: Any, inq: Any, outq: Any, queue_batches: int) -> None:
+        self.proc, self.inq, self.outq, self.queue_batches = proc, inq, outq, queue_batches
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """True once the writer has finished its run and waits for another."""
+        deadline = time.monotonic() + timeout_s
+        while self.proc.is_alive():
+            try:
+                msg = self.outq.get(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return False
+                continue
+            if msg == ("idle",):
+                return True
+        return False
+
+    def retire(self) -> None:
+        with contextlib.suppress(Exception):
+            self.inq.put(("exit",), timeout=1.0)
+        self.proc.join(timeout=10)
+
+
 #: writer processes still drawing plots or writing after their run returned
-_BACKGROUND: list[Any] = []
+_BACKGROUND: list[_WriterProcess] = []
+#: writer processes waiting for this process's next run
+_IDLE: list[_WriterProcess] = []
+_retire_registered = False
+
+
+def _writer_idle_s() -> float:
+    try:
+        return float(os.environ.get("RUNGFLOW_MLFLOW_WRITER_IDLE_S", WRITER_IDLE_S))
+    except ValueError:
+        return WRITER_IDLE_S
+
+
+def _park(w: _WriterProcess) -> None:
+    _IDLE.append(w)
+
+
+def _retire_at_exit() -> None:
+    """Registered after a writer process is started, so after multiprocessing's own exit
+    handler (which joins it, and would wait out its idle time): atexit runs ours first."""
+    global _retire_registered
+    if not _retire_registered:
+        atexit.register(retire_writers)
+        _retire_registered = True
 
 
 def join_writers(timeout_s: float = 120.0) -> bool:
     """Wait for the MLflow writers of runs that have returned (they draw the plots after the
-    run, off its critical path); True when every one has ended. The interpreter also waits
-    for them at exit (they are not daemons)."""
+    run, off its critical path); True when every one has finished its run. The interpreter
+    also waits for them at exit."""
     deadline = time.monotonic() + timeout_s
-    for proc in list(_BACKGROUND):
-        proc.join(max(deadline - time.monotonic(), 0.0))
-        if not proc.is_alive():
-            _BACKGROUND.remove(proc)
+    for w in list(_BACKGROUND):
+        if w.wait_idle(max(deadline - time.monotonic(), 0.0)):
+            _BACKGROUND.remove(w)
+            _park(w)
+        elif not w.proc.is_alive():
+            _BACKGROUND.remove(w)
     return not _BACKGROUND
+
+
+def retire_writers() -> None:
+    """Let every writer finish its run, then end the processes (run at interpreter exit)."""
+    join_writers()
+    while _IDLE:
+        _IDLE.pop().retire()
+
+
+def _take_idle(queue_batches: int) -> _WriterProcess | None:
+    for w in list(_BACKGROUND):  # finished meanwhile?
+        if w.wait_idle(0.0):
+            _BACKGROUND.remove(w)
+            _park(w)
+    while _IDLE:
+        w = _IDLE.pop()
+        if w.proc.is_alive() and w.queue_batches == queue_batches:
+            return w
+        w.retire()
+    return None
 
 
 def use_sqlite_wal() -> None:
@@ -275,6 +354,7 @@ class MlflowTracker:
         self._inq: Any = None
         self._outq: Any = None
         self._proc: Any = None
+        self._writer: _WriterProcess | None = None
         self._thread: threading.Thread | None = None
         self._error: Exception | None = None
         self._error_tb: str | None = None
@@ -397,11 +477,19 @@ class MlflowTracker:
             return
         import multiprocessing
 
+        w = _take_idle(self.queue_batches)
+        if w is not None:  # an earlier run's writer, its imports done
+            self._writer, self._proc, self._inq, self._outq = w, w.proc, w.inq, w.outq
+            self._inq.put(("begin", args, self._kwargs()))
+            return
         ctx = multiprocessing.get_context("spawn")
         self._inq, self._outq = ctx.Queue(self.queue_batches), ctx.Queue()
         self._proc = ctx.Process(target=_writer_main, name="rungflow-mlflow", daemon=False,
-                                 args=(args, self._kwargs(), self._inq, self._outq))
+                                 args=(args, self._kwargs(), self._inq, self._outq,
+                                       _writer_idle_s()))
         _start_without_main(self._proc)
+        _retire_at_exit()
+        self._writer = _WriterProcess(self._proc, self._inq, self._outq, self.queue_batches)
 
     @property
     def pending_events(self) -> int:
@@ -504,14 +592,16 @@ class MlflowTracker:
                 self._put(("stop",), block=True, timeout_s=60)
         except RuntimeError as exc:
             log.warning("MLflow writer: %s", exc)
+        w = self._writer
         if wait:
-            if self._proc is not None:
-                self._proc.join(timeout=60)
+            if w is not None:
+                if w.wait_idle(60):
+                    _park(w)
             elif self._thread is not None:
                 self._thread.join(timeout=60)
-        elif self._proc is not None:
-            _BACKGROUND.append(self._proc)
-        self._proc = self._thread = None
+        elif w is not None:
+            _BACKGROUND.append(w)
+        self._proc = self._thread = self._writer = None
         self._inq = None
 
     def writer_state(self) -> dict[str, Any]:
@@ -864,15 +954,37 @@ def _start_without_main(proc: Any) -> None:
         _spawning.writer = False
 
 
-def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: Any) -> None:
+def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: Any,
+                 idle_s: float = 0.0) -> None:
     """The MLflow writer: takes what is queued (up to ``drain_events`` events) and writes it
-    as one batch; answers each flush with its state."""
+    as one batch; answers each flush with its state. A writer process then waits up to
+    ``idle_s`` for the next run of its parent process (:class:`_WriterProcess`)."""
     import multiprocessing
 
-    if multiprocessing.parent_process() is not None:  # its own process: no "View run" line
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # its own process: no "View run" line
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # (nor its get_run)
         with contextlib.suppress(OSError, AttributeError):  # a projection: trials go first
             os.nice(WRITER_NICENESS)
+    while True:
+        _write_run(args, kwargs, inq, outq)
+        if parent is None or idle_s <= 0:
+            return
+        outq.put(("idle",))
+        deadline = time.monotonic() + idle_s
+        while True:
+            try:
+                msg = inq.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if time.monotonic() > deadline or not parent.is_alive():
+                    return
+        if msg[0] != "begin":
+            return
+        args, kwargs = msg[1], msg[2]
+
+
+def _write_run(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: Any) -> None:
     tracker = MlflowTracker(*args, **kwargs)
     while True:
         msgs = [inq.get()]
