@@ -13,7 +13,7 @@ Printed per seed: wall seconds of each and their ratio, epochs trained, median s
 inside the trials, the best validation accuracy and the held-out test accuracy of the config each
 picked (retrained with a fixed seed), and for rungflow the CPU-seconds of the control plane
 (driver + MLflow writer processes) as a share of the CPU-seconds of the whole process tree,
-counted until the writer has exited (it draws the plots after ``run()`` returns; the next seed
+counted until the writer has finished its run (it draws the plots after ``run()`` returns; the next seed
 waits for it, so that Optuna's study has the cores to itself).
 Last line: ``wall_ratio X`` (median over seeds; goal <= 1.5) and ``control_plane_cpu_share Y``
 (goal <= 0.15).
@@ -266,7 +266,7 @@ def main() -> None:
                   f"{r['epochs']} epochs, {_median_epoch(r_log) * 1e3:.0f} ms/epoch, best val "
                   f"{r['best_val']:.3f}, test {test_accuracy(r['best_config']):.3f}, control "
                   f"plane {r['control_cpu']:.1f} of {r['total_cpu']:.1f} CPU-s (driver "
-                  f"{r['driver_cpu']:.1f}, MLflow writer {r['writer_cpu']:.1f}, which ends "
+                  f"{r['driver_cpu']:.1f}, MLflow writer {r['writer_cpu']:.1f}, which finishes "
                   f"{r['writer_after_return_s']:.1f} s after run() returns) | ratio "
                   f"{ratio:.2f}", flush=True)
             if args.cold:
