@@ -246,7 +246,8 @@ class DaskBackend(Backend):
         self.connect_timeout_s = connect_timeout_s
         self.direct = direct  # results and answers over a direct line where workers reach us
         self.preload = check_preload(preload)
-        self._preload_modules: list[str] = list(preload) if isinstance(preload, list) else []
+        self._preload_modules: list[str] = list(self.preload) if isinstance(self.preload, list) \
+            else []
         self._forkserver_env: tuple[str, str | None] | None = None  # RUNGFLOW_PRELOAD before us
         self._start_method: Any = None  # the dask.config.set that picks the forkserver
         self._listener: DirectListener | None = None
