@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -111,8 +112,9 @@ def test_local_workers_fork_with_the_trainables_imports_done(tmp_path):
             out["env_after"] = os.environ.get("RUNGFLOW_PRELOAD")
             print(json.dumps(out))
     """))
+    env = {k: v for k, v in os.environ.items() if k != "RUNGFLOW_PRELOAD"}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=240, cwd=tmp_path)
+                          timeout=240, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["auto"] == [True, True, "1"], out  # Dask's pre-spawn environment kept

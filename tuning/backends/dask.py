@@ -423,6 +423,9 @@ class DaskBackend(Backend):
         if self._start_method is not None:
             self._start_method.__exit__(None, None, None)
             self._start_method = None
+        self._restore_env()
+
+    def _restore_env(self) -> None:
         if self._forkserver_env is not None:
             key, before = self._forkserver_env
             if before is None:
@@ -442,9 +445,12 @@ class DaskBackend(Backend):
             kwargs.update(self.cluster_kwargs)
             if not kwargs["processes"]:  # thread workers in this process, as Optuna's n_jobs:
                 kwargs.setdefault("protocol", "tcp")  # inproc:// takes no host
-            else:
-                self._fork_workers()
-            return LocalCluster(**kwargs)
+                return LocalCluster(**kwargs)
+            self._fork_workers()
+            try:  # the forkserver starts with the first worker and keeps its environment
+                return LocalCluster(**kwargs)
+            finally:
+                self._restore_env()
         cls = import_object(self.cluster_class) if isinstance(self.cluster_class, str) \
             else self.cluster_class
         return cls(**self.cluster_kwargs)
