@@ -57,12 +57,19 @@ WRITER_IDLE_S = 300.0
 
 
 class _WriterProcess:
-    """A writer process and its queues. After its run it answers ``("idle",)`` and waits for
+    """A writer process and its queues. After its run it answers ``("idle", until)`` and waits for
     the next run of this process (``("begin", args, kwargs)``), which then skips MLflow's
     imports (about 2.5 CPU-s: mlflow, its SQLAlchemy store, matplotlib for the plots)."""
 
     def __init__(self, proc: Any, inq: Any, outq: Any, queue_batches: int) -> None:
         self.proc, self.inq, self.outq, self.queue_batches = proc, inq, outq, queue_batches
+        self.idle_until = 0.0  # (wall clock) when the idle writer stops waiting and exits
+
+    def takeable(self, queue_batches: int) -> bool:
+        """Alive, with the same queue bound, and not about to end its wait (30 s to spare, so
+        a run never hands its first events to a writer that exits meanwhile)."""
+        return self.proc.is_alive() and self.queue_batches == queue_batches and \
+            time.time() < self.idle_until - 30.0
 
     def wait_idle(self, timeout_s: float) -> bool:
         """True once the writer has finished its run and waits for another."""
@@ -74,7 +81,8 @@ class _WriterProcess:
                 if time.monotonic() >= deadline:
                     return False
                 continue
-            if msg == ("idle",):
+            if msg[0] == "idle":
+                self.idle_until = msg[1]
                 return True
         return False
 
@@ -98,10 +106,6 @@ def _writer_idle_s() -> float:
         return WRITER_IDLE_S
 
 
-def _park(w: _WriterProcess) -> None:
-    _IDLE.append(w)
-
-
 def _retire_at_exit() -> None:
     """Registered after a writer process is started, so after multiprocessing's own exit
     handler (which joins it, and would wait out its idle time): atexit runs ours first."""
@@ -119,7 +123,7 @@ def join_writers(timeout_s: float = 120.0) -> bool:
     for w in list(_BACKGROUND):
         if w.wait_idle(max(deadline - time.monotonic(), 0.0)):
             _BACKGROUND.remove(w)
-            _park(w)
+            _IDLE.append(w)
         elif not w.proc.is_alive():
             _BACKGROUND.remove(w)
     return not _BACKGROUND
@@ -136,10 +140,10 @@ def _take_idle(queue_batches: int) -> _WriterProcess | None:
     for w in list(_BACKGROUND):  # finished meanwhile?
         if w.wait_idle(0.0):
             _BACKGROUND.remove(w)
-            _park(w)
+            _IDLE.append(w)
     while _IDLE:
         w = _IDLE.pop()
-        if w.proc.is_alive() and w.queue_batches == queue_batches:
+        if w.takeable(queue_batches):
             return w
         w.retire()
     return None
@@ -596,7 +600,7 @@ class MlflowTracker:
         if wait:
             if w is not None:
                 if w.wait_idle(60):
-                    _park(w)
+                    _IDLE.append(w)
             elif self._thread is not None:
                 self._thread.join(timeout=60)
         elif w is not None:
@@ -970,8 +974,8 @@ def _writer_main(args: tuple[Any, ...], kwargs: dict[str, Any], inq: Any, outq: 
         _write_run(args, kwargs, inq, outq)
         if parent is None or idle_s <= 0:
             return
-        outq.put(("idle",))
         deadline = time.monotonic() + idle_s
+        outq.put(("idle", time.time() + idle_s))
         while True:
             try:
                 msg = inq.get(timeout=1.0)
