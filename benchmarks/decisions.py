@@ -81,7 +81,9 @@ def trainable(config: dict[str, Any]) -> None:
 
 class CpuSampler:
     """CPU-seconds per process of this process tree, sampled until stopped (processes that end
-    keep their last sample)."""
+    keep their last sample). The tree is listed every second (a scan of /proc) and the known
+    processes are read every 0.2 s; the sampler's own CPU (its thread, in this process) is not
+    counted as the driver's."""
 
     def __init__(self) -> None:
         import psutil
@@ -89,46 +91,60 @@ class CpuSampler:
         self.me = psutil.Process()
         self.cpu: dict[int, float] = {}
         self.role: dict[int, str] = {}
+        self.own = 0.0
+        self._procs: dict[int, Any] = {}
+        self._listed = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
-        import psutil
-
+    def _list(self) -> None:
         names = {p.pid: p.name for p in multiprocessing.active_children()}
         for p in [self.me, *self.me.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-            except psutil.Error:
-                continue
-            self.cpu[p.pid] = t.user + t.system
+            self._procs.setdefault(p.pid, p)
             if p.pid == self.me.pid:
                 self.role[p.pid] = "driver"
             elif names.get(p.pid) == "rungflow-mlflow":
                 self.role[p.pid] = "mlflow_writer"
             else:
                 self.role.setdefault(p.pid, "other")
+        self._listed = time.monotonic()
+
+    def _sample(self, relist: bool = False) -> None:
+        import psutil
+
+        if relist or time.monotonic() - self._listed >= 1.0:
+            self._list()
+        for pid, p in list(self._procs.items()):
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                del self._procs[pid]
+                continue
+            self.cpu[pid] = t.user + t.system
 
     def _run(self) -> None:
+        t0 = time.thread_time()
         while not self._stop.wait(0.2):
             self._sample()
+        self.own = time.thread_time() - t0
 
     def __enter__(self) -> CpuSampler:
-        self._sample()
+        self._sample(relist=True)
         self.base = dict(self.cpu)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._sample()
         self._stop.set()
         self._thread.join()
+        self._sample(relist=True)
 
     def by_role(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for pid, c in self.cpu.items():
             role = self.role.get(pid, "other")
             out[role] = out.get(role, 0.0) + c - self.base.get(pid, 0.0)
+        out["driver"] = out.get("driver", 0.0) - self.own
         return out
 
 

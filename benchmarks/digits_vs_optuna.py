@@ -14,7 +14,8 @@ inside the trials, the best validation accuracy and the held-out test accuracy o
 picked (retrained with a fixed seed), and for rungflow the CPU-seconds of the control plane
 (driver + MLflow writer processes) as a share of the CPU-seconds of the whole process tree,
 counted until the writer has finished its run (it draws the plots after ``run()`` returns; the next seed
-waits for it, so that Optuna's study has the cores to itself).
+waits for it, so that Optuna's study has the cores to itself), and the seconds from ``run()`` to
+its first result and from its last result to ``run()`` returning.
 Last line: ``wall_ratio X`` (median over seeds; goal <= 1.5) and ``control_plane_cpu_share Y``
 (goal <= 0.15).
 
@@ -181,6 +182,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
     from decisions import CpuSampler
 
     from tuning import ASHA, Tuner, choice, loguniform, uniform
+    from tuning.experiment import Journal
     from tuning.tracking.mlflow import join_writers
 
     tuner = Tuner(rungflow_trainable, space={
@@ -202,6 +204,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
         join_writers()
         after = time.time() - t0 - wall
     roles = cpu.by_role()
+    results = [e["t"] for e in Journal(res.path).iter_events() if e["event"] == "result"]
     best = res.best_trial
     assert best is not None
     config = {k: v for k, v in best.config.items() if k != "log_dir"}
@@ -209,7 +212,8 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
             "best_val": res.best_metric, "best_config": config,
             "control_cpu": roles.get("driver", 0.0) + roles.get("mlflow_writer", 0.0),
             "writer_after_return_s": after, "driver_cpu": roles.get("driver", 0.0), "writer_cpu": roles.get("mlflow_writer", 0.0),
-            "total_cpu": sum(roles.values())}
+            "total_cpu": sum(roles.values()),
+            "first_result_s": min(results) - t0, "after_last_s": t0 + wall - max(results)}
 
 
 def _median_epoch(log_dir: str) -> float:
@@ -267,7 +271,9 @@ def main() -> None:
                   f"{r['best_val']:.3f}, test {test_accuracy(r['best_config']):.3f}, control "
                   f"plane {r['control_cpu']:.1f} of {r['total_cpu']:.1f} CPU-s (driver "
                   f"{r['driver_cpu']:.1f}, MLflow writer {r['writer_cpu']:.1f}, which finishes "
-                  f"{r['writer_after_return_s']:.1f} s after run() returns) | ratio "
+                  f"{r['writer_after_return_s']:.1f} s after run() returns), first result "
+                  f"{r['first_result_s']:.2f} s after run(), which returns "
+                  f"{r['after_last_s']:.2f} s after the last | ratio "
                   f"{ratio:.2f}", flush=True)
             if args.cold:
                 oc = cold("optuna", seed, args.trials, root)
