@@ -74,6 +74,14 @@ def test_preload_lists_the_drivers_submodules_in_import_order():
     assert import_preload(["json", "not_installed_pkg"]) == ["not_installed_pkg"]
 
 
+def test_preload_adds_what_a_package_imports_on_first_use():
+    """torch's first optimizer imports torch._dynamo (about as long as torch itself): a driver
+    that has not trained yet lacks it, and the workers get it anyway, after torch, once."""
+    mods = preload_modules(["torch.nn"])
+    assert mods.count("torch._dynamo") == 1 and mods[0] != "torch._dynamo"
+    assert "torch._dynamo" not in preload_modules(["sklearn"])
+
+
 def test_preload_values_are_checked():
     assert check_preload(True) == "auto" and check_preload(False) is False
     assert check_preload(["torch", "sklearn.datasets"]) == ["torch", "sklearn.datasets"]

@@ -8,7 +8,9 @@ anywhere in its functions (including the lazy ones inside a function body), the 
 library objects its globals name, and the functions of its own module it calls, transitively.
 Only packages outside the standard library and outside rungflow count. The driver's own
 ``sys.modules`` then gives every submodule of those packages that the driver has imported, in
-the order it imported them (an import order that is known to work).
+the order it imported them (an import order that is known to work), and the modules a package
+is known to import on the first use of its everyday API (:data:`FIRST_USE`), which a driver that
+has not trained yet has not imported.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 ENV = "RUNGFLOW_PRELOAD"  # the modules a forkserver imports, comma-separated
 _SKIP = frozenset({"tuning", "__main__", "__mp_main__", "builtins"})
 _MAX_FUNCTIONS = 500  # a bound on the transitive walk through the trainable's own helpers
+# Imports a package does lazily on the first use of what every trainable of it calls. PyTorch:
+# the first optimizer made (``torch.optim.Optimizer.__init__``) imports ``torch._dynamo``, and
+# with it sympy: 1.1 s here, as long as ``import torch`` itself, in each fresh worker process.
+FIRST_USE: dict[str, tuple[str, ...]] = {"torch": ("torch._dynamo",)}
 
 
 def _top(name: str) -> str:
@@ -121,13 +127,16 @@ def _follow(value: Any, home: str, found: dict[str, None]) -> list[Callable[...,
 
 def preload_modules(packages: Iterable[str]) -> list[str]:
     """The driver's imported modules under the top-level packages of ``packages``, in the order
-    they were imported (a package the driver has not imported is named as it is)."""
+    they were imported (a package the driver has not imported is named as it is), then the
+    packages' :data:`FIRST_USE` imports the driver has not done."""
     wanted = [n for n in packages if _is_library(n)]
     tops = {_top(n) for n in wanted}
     out = [name for name, mod in list(sys.modules.items())
            if mod is not None and _top(name) in tops]
     have = set(out)
     out.extend(n for n in wanted if n not in have)
+    have.update(wanted)
+    out.extend(m for top in sorted(tops) for m in FIRST_USE.get(top, ()) if m not in have)
     return out
 
 
