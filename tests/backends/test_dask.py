@@ -105,3 +105,29 @@ def test_a_local_cluster_finishes_closing_after_the_run_a_cloud_one_before():
     provisioned.begin_close()
     provisioned.release()
     assert provisioned.cluster is None and not provisioned._closing.is_alive()
+
+
+def test_the_backends_cluster_keeps_short_developer_logs_and_the_setting_is_restored():
+    """Dask's recent-message and transition logs (1,000 entries each, every one holding a
+    submitted segment) are made 100 long for the run's scheduler, client and workers; Dask's
+    setting is the user's again once they are made."""
+    import dask
+
+    from tuning.backends.dask import LOW_LEVEL_LOG_LENGTH
+
+    key = "distributed.admin.low-level-log-length"
+    before = dask.config.get(key)
+    assert before > LOW_LEVEL_LOG_LENGTH
+    with DaskBackend(n_workers=1) as backend:
+        assert dask.config.get(key) == before
+        scheduler = backend.cluster.scheduler
+        streams = list(scheduler.stream_comms.values()) + list(scheduler.client_comms.values())
+        assert len(streams) >= 2  # the worker's and the client's
+        lengths = {b.recent_message_log.maxlen for b in streams}
+        lengths.add(backend.client.scheduler_comm.recent_message_log.maxlen)
+        lengths.add(scheduler.transition_log.maxlen)
+        assert lengths == {LOW_LEVEL_LOG_LENGTH}, lengths
+        on_workers = backend.client.run(lambda: __import__("dask").config.get(key))
+        assert set(on_workers.values()) == {LOW_LEVEL_LOG_LENGTH}, on_workers
+    with dask.config.set({key: 10}), DaskBackend(n_workers=1, preload=False) as backend:
+        assert backend.cluster.scheduler.transition_log.maxlen == 10  # a lower one stands

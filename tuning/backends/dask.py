@@ -99,6 +99,23 @@ class _Mailbox:
 
 
 _MAILBOX = _Mailbox()
+#: the length of Dask's developer logs for what a backend makes: see :func:`_bounded_logs`
+LOW_LEVEL_LOG_LENGTH = 100
+
+
+def _bounded_logs() -> Any:
+    """Dask keeps its last ``distributed.admin.low-level-log-length`` (1,000) messages per
+    batched stream (client to scheduler, scheduler to each worker and client) and transitions,
+    for developers to read. At about a trial per message, each holding its submitted segment,
+    that was 10-15 MB of the driver's RSS in a long run of short trials, reached only after a
+    few thousand trials. The scheduler, workers (through their Nanny) and client a backend
+    makes are made with :data:`LOW_LEVEL_LOG_LENGTH` instead (a lower value set by the user
+    stands); the setting is Dask's as before once they are made."""
+    import dask
+
+    key = "distributed.admin.low-level-log-length"
+    return dask.config.set(
+        {key: min(int(dask.config.get(key, LOW_LEVEL_LOG_LENGTH)), LOW_LEVEL_LOG_LENGTH)})
 
 
 async def _post(topic: str, trial_id: str, iteration: int | None, stop: bool) -> None:
@@ -294,17 +311,18 @@ class DaskBackend(Backend):
         from distributed import Client
 
         try:
-            if self.address is not None:
-                self.client = Client(self.address, timeout=self.connect_timeout_s)
-            else:
-                self.cluster = self._make_cluster()
-                self._owns_cluster = True
-                # its workers take seconds to go and hold nothing of the run: the run returns
-                # meanwhile (a cluster_class one, on a cloud, is waited for)
-                self.close_after_return = self.cluster_class is None
-                if self.adapt:
-                    self.cluster.adapt(**self.adapt)
-                self.client = Client(self.cluster, timeout=self.connect_timeout_s)
+            with _bounded_logs():
+                if self.address is not None:
+                    self.client = Client(self.address, timeout=self.connect_timeout_s)
+                else:
+                    self.cluster = self._make_cluster()
+                    self._owns_cluster = True
+                    # its workers take seconds to go and hold nothing of the run: the run
+                    # returns meanwhile (a cluster_class one, on a cloud, is waited for)
+                    self.close_after_return = self.cluster_class is None
+                    if self.adapt:
+                        self.cluster.adapt(**self.adapt)
+                    self.client = Client(self.cluster, timeout=self.connect_timeout_s)
         except OSError as exc:
             self.close()
             where = self.address or self.cluster_class or "LocalCluster"
