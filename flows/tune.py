@@ -9,7 +9,7 @@
                                        # (not after the last wave: the summary follows)
       summarize(experiment)            # leaderboard and summary artifacts; plots by the writer
 
-Task runs grow with wall time (waves double from 4 s to 30 s), not with trials or results;
+Task runs grow with wall time (waves double from 8 s to 30 s), not with trials or results;
 MLflow sees every journal event as soon as it is written, from its own process.
 
 Deployable as it is (``deployments/prefect.yaml``, entrypoint ``tuning.flows.tune:tune``): its

@@ -115,7 +115,7 @@ class Controller:
     resources: dict[str, float] = field(default_factory=dict)
     max_concurrent: int | None = None
     replayed: ExperimentState | None = None  # the journal replayed, when resuming
-    first_wave_s: float = 4.0  # waves double from this, up to max_wave_s: a short run is one wave
+    first_wave_s: float = 8.0  # waves double from this, up to max_wave_s: a short run is one wave
     max_wave_s: float = 30.0
     snapshots: SnapshotPolicy = field(default_factory=SnapshotPolicy)
     constraints: Mapping[str, Any] | None = None  # metric -> {min, max}: infeasible outside
