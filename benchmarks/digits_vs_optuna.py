@@ -13,8 +13,9 @@ Printed per seed: wall seconds of each and their ratio, epochs trained, median s
 inside the trials, the best validation accuracy and the held-out test accuracy of the config each
 picked (retrained with a fixed seed), and for rungflow the CPU-seconds of the control plane
 (driver + MLflow writer processes) as a share of the CPU-seconds of the whole process tree,
-counted until the writer has finished its run (it draws the plots after ``run()`` returns; the next seed
-waits for it, so that Optuna's study has the cores to itself), and the seconds from ``run()`` to
+counted until the writer has finished its run (it draws the plots after ``run()`` returns) and the
+cluster has finished closing (the next seed waits for both, so that Optuna's study has the cores
+to itself), and the seconds from ``run()`` to
 its first result and from its last result to ``run()`` returning.
 Last line: ``wall_ratio X`` (median over seeds; goal <= 1.5) and ``control_plane_cpu_share Y``
 (goal <= 0.15).
@@ -182,6 +183,7 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
     from decisions import CpuSampler
 
     from tuning import ASHA, Tuner, choice, loguniform, uniform
+    from tuning.backends._base import join_closing
     from tuning.experiment import Journal
     from tuning.tracking.mlflow import join_writers
 
@@ -199,9 +201,11 @@ def run_rungflow(seed: int, n_trials: int, root: str, log_dir: str,
         t0 = time.time()
         res = tuner.run()
         wall = time.time() - t0
-        # the MLflow writer draws the plots after run() returns: its CPU counts until it exits,
-        # and the next seed's Optuna study does not share the cores with it
+        # the MLflow writer draws the plots after run() returns, and the LocalCluster's
+        # workers finish exiting after it: their CPU counts until they are done, and the next
+        # seed's Optuna study does not share the cores with them
         join_writers()
+        join_closing()
         after = time.time() - t0 - wall
     roles = cpu.by_role()
     results = [e["t"] for e in Journal(res.path).iter_events() if e["event"] == "result"]
