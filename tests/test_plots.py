@@ -240,16 +240,32 @@ def test_many_trials_draw_a_line_collection_and_bands_with_a_fixed_legend(tmp_pa
 
 
 def test_up_to_the_threshold_each_trial_keeps_its_line():
+    from matplotlib.collections import PathCollection
     from matplotlib.figure import Figure
 
     ts = _many(plots.MANY_TRIALS)
     ax = Figure().add_subplot()
     lines = plots._draw_learning_curves(ax, ts, "acc", "max", None, H(ts))
     assert len(lines) == len(ts) and not _collections(ax)
-    assert ax.get_legend()._loc == 0  # "best" is affordable here
+    legend = ax.get_legend()
+    assert legend._loc != 0  # not "best" (it searched every line): beside the axes
+    assert legend.get_bbox_to_anchor().transformed(ax.transAxes.inverted()).x0 > 1.0
     ax = Figure().add_subplot()
     plots._draw_parallel(ax.figure, ax, ts, "acc", "max")
-    assert len(_trial_lines(ax)) == len(ts) and not _collections(ax)
+    colls = _collections(ax)
+    assert not _trial_lines(ax) and sum(len(c.get_segments()) for c in colls) == len(ts)
+    scored = [t for t in ts if t.last_value("acc") is not None]
+    bold = [c for c in colls if c.get_linewidths()[0] == 1.4]
+    assert len(bold) == 1 and len(bold[0].get_segments()) == len(scored)  # every one bold
+    n_axes = len(bold[0].get_segments()[0])
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert sum(len(c.get_offsets()) for c in dots) == len(scored) * n_axes
+    # drawn worst first, so the best trial's line is the last segment, in the brightest colour
+    from matplotlib import colormaps
+
+    assert bold[0].get_segments()[-1][-1][1] == 1.0  # the metric axis: the best at the top
+    assert tuple(bold[0].get_colors()[-1][:3]) == pytest.approx(colormaps["viridis"](1.0)[:3])
+    assert tuple(bold[0].get_colors()[0][:3]) == pytest.approx(colormaps["viridis"](0.0)[:3])
 
 
 def test_quantiles_by_iteration_and_binned():
