@@ -259,7 +259,8 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="rungflow-digits-")
     proc, url = start_prefect_server(root)
     os.environ["PREFECT_API_URL"] = url
-    ratios, shares, cold_ratios = [], [], []
+    ratios, shares, cold_ratios, per_epoch = [], [], [], []
+    epochs: list[tuple[int, int]] = []
     try:
         for seed in args.seeds:
             o_log, r_log = (tempfile.mkdtemp(dir=root) for _ in range(2))
@@ -268,6 +269,8 @@ def main() -> None:
             ratio, share = r["wall"] / o["wall"], r["control_cpu"] / max(r["total_cpu"], 1e-9)
             ratios.append(ratio)
             shares.append(share)
+            epochs.append((r["epochs"], o["epochs"]))
+            per_epoch.append((r["wall"] / max(r["epochs"], 1)) / (o["wall"] / max(o["epochs"], 1)))
             print(f"seed {seed}: optuna {o['wall']:.1f} s, {o['epochs']} epochs, "
                   f"{_median_epoch(o_log) * 1e3:.0f} ms/epoch, best val {o['best_val']:.3f}, "
                   f"test {test_accuracy(o['best_config']):.3f} | rungflow {r['wall']:.1f} s, "
@@ -288,6 +291,12 @@ def main() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    # rungflow's ASHA has Ray Tune's rule (a trial goes on when not below the (1 - 1/rf)
+    # percentile of the values recorded before it); Optuna's pruner keeps only the top
+    # floor(n/rf) of the n trials at a rung, itself included, so it stops more trials while the
+    # rungs are small. The same curves in the same order give rungflow more epochs to train:
+    print(f"epochs_ratio {statistics.median(r_ep / o_ep for r_ep, o_ep in epochs):.2f}  "
+          f"wall_per_epoch_ratio {statistics.median(per_epoch):.2f}  (rungflow / Optuna)")
     print(f"control_plane_cpu_share {statistics.median(shares):.3f}  (goal <= 0.15)")
     if cold_ratios:
         print(f"cold_wall_ratio {statistics.median(cold_ratios):.2f}")

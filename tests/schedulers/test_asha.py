@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 import pytest
 
 from tuning._trial import Status, Trial
@@ -237,3 +239,40 @@ def test_state_round_trip_keeps_nan_and_decisions() -> None:
     c, = [Trial("t2", {})]
     fresh.on_trial_add(c)
     assert _report(fresh, c, 1, 0.4) == Decision.STOP  # 0.4 < pct([0.5]) = 0.5
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stop_variant_decides_as_ray_tunes_async_hyperband(seed):
+    """Ray Tune's own bracket and rungflow's ASHA, shown the same results in the same order
+    (several trials interleaved, ties and repeated values included), decide alike, result by
+    result."""
+    bracket_mod = pytest.importorskip("ray.tune.schedulers.async_hyperband")
+    rng = np.random.default_rng(seed)
+    max_t = 27
+    ray = bracket_mod._Bracket(min_t=1, max_t=max_t, reduction_factor=3, s=0,
+                               stop_last_trials=True)
+    ours = ASHA(max_t=max_t, grace_period=1, reduction_factor=3, metric="acc", mode="max")
+
+    class RayTrial:
+        def __init__(self, tid):
+            self.trial_id = tid
+
+    running = {}  # trial id -> its next iteration
+    started = decisions = stops = 0
+    while started < 40 or running:
+        while len(running) < 3 and started < 40:
+            running[f"t{started}"] = 1
+            started += 1
+        tid = list(running)[int(rng.integers(len(running)))]
+        it = running[tid]
+        value = float(rng.choice([0.0, 0.5, round(float(rng.random()), 2)]))  # ties happen
+        theirs = "STOP" if it >= max_t else ray.on_result(RayTrial(tid), it, value)
+        mine = ours.on_result(Trial(tid, {}), {"training_iteration": it, "acc": value}).value
+        assert mine == theirs.upper(), (tid, it, value)
+        decisions += 1
+        if mine == "STOP":
+            stops += 1
+            del running[tid]
+        else:
+            running[tid] = it + 1
+    assert stops == 40 and decisions > 80  # every trial ended by a decision, most went on
