@@ -75,8 +75,11 @@ def tune(spec: dict[str, Any], resume: bool | None = None, components: Any = Non
     if comp is not None:  # in-process (Tuner.run): the result from memory, no journal re-read
         comp.extra["final_state"] = ctl.final_state()
     ctl.raise_if_aborted()
-    return {**summary, "run_name": s.run_name, "experiment_dir": s.experiment_dir(), "tracking_uri":
-            s.effective_tracking_uri(), "parent_run_id": tracker.parent_run_id}
+    out = {**summary, "run_name": s.run_name, "experiment_dir": s.experiment_dir(),
+           "tracking_uri": s.effective_tracking_uri(), "parent_run_id": tracker.parent_run_id}
+    if comp is not None:  # Tuner.run takes it as soon as Prefect has the run Completed
+        comp.extra["flow_return"] = out
+    return out
 
 
 def _flow_run_id() -> str:

@@ -9,7 +9,10 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
+import ctypes
 import math
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,6 +38,64 @@ from tuning.spec import (
 )
 
 __all__ = ["Tuner", "component_spec"]
+
+def run_to_completion(flow: Any, extra: dict[str, Any], **params: Any) -> Any:
+    """Call the Prefect ``flow`` and return once Prefect has recorded its run as Completed.
+
+    Prefect's sync engine, after the final state, joins the flow run's heartbeat thread,
+    which sleeps in 1 s steps: a run returned up to a second after its end (0.5 s on average,
+    a run's wall rounded up to the next whole second from its start). The flow runs in a
+    thread of its own (the caller's context copied, so a calling flow stays its parent); an
+    ``on_completion`` hook, which Prefect calls once the server has taken the Completed state,
+    hands back the flow's return value (``extra["flow_return"]``, set by the flow) at once,
+    and the engine finishes its teardown in the background (the interpreter waits for it at
+    exit). A failed or crashed run returns (raises) only after the whole engine has ended, as
+    before; Ctrl-C is passed on to the flow's thread, which winds the run down as it would in
+    the main thread, and is raised here once it has.
+    """
+    completed, finished = threading.Event(), threading.Event()
+    box: dict[str, Any] = {}
+
+    def on_completion(*_: Any) -> None:
+        completed.set()
+
+    def body() -> None:
+        try:
+            box["value"] = ctx.run(with_hook, **params)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            box["error"] = exc
+        finally:
+            finished.set()
+            completed.set()
+
+    with_hook = flow.with_options(on_completion=[on_completion, *flow.on_completion_hooks])
+    ctx = contextvars.copy_context()
+    extra.pop("flow_return", None)
+    thread = threading.Thread(target=body, name=f"rungflow-{flow.name}-flow", daemon=False)
+    thread.start()
+    try:
+        while not completed.wait(0.5):  # in steps: Ctrl-C reaches this thread in between
+            pass
+        if not finished.is_set() and "flow_return" in extra:
+            return extra.pop("flow_return")
+        thread.join()
+    except KeyboardInterrupt:
+        _raise_in(thread, KeyboardInterrupt)
+        thread.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    extra.pop("flow_return", None)
+    return box["value"]
+
+
+def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
+    """Raise ``exc`` in ``thread`` at its next Python instruction (as Prefect does to cancel
+    a flow running in a thread)."""
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                   ctypes.py_object(exc))
+
 
 _SCHEDULER_NAMES = {"FIFO": "fifo", "ASHA": "asha", "HyperBand": "hyperband",
                     "MedianStopping": "median", "MedianStoppingRule": "median", "PBT": "pbt",
@@ -137,7 +198,8 @@ class Tuner:
         from tuning.flows.tune import tune
 
         self.components.extra.pop("final_state", None)
-        out = tune(spec=self.spec, resume=resume, components=self.components)
+        out = run_to_completion(tune, self.components.extra, spec=self.spec, resume=resume,
+                                components=self.components)
         self.spec = self.spec.model_copy(update={"run_name": out["run_name"]})
         res = self._result_from(self.components.extra.pop("final_state", None))
         _check_outcome(res)
