@@ -275,3 +275,45 @@ def test_stop_variant_decides_as_ray_tunes_async_hyperband(seed):
         else:
             running[tid] = it + 1
     assert stops == 40 and decisions > 80  # every trial ended by a decision, most went on
+
+
+def test_packed_rungs_round_trip_exactly_and_read_the_older_form():
+    from tuning.schedulers._common import encode_values, pack_values, unpack_values
+
+    values = {"trial-00001": 0.25, "trial-00010": NAN, "trial-00100": float("inf"),
+              "trial-01000": -float("inf"), "trial-10000": 1 / 3}
+    back = unpack_values(json.loads(json.dumps(pack_values(values))))
+    assert list(back) == list(values)  # recording order kept
+    assert all(back[k] == v or (math.isnan(v) and math.isnan(back[k])) for k, v in values.items())
+    assert unpack_values(pack_values({})) == {}
+    assert unpack_values(pack_values({"trial-7": 0.5})) == {"trial-7": 0.5}  # all prefix
+    spaced = {"a b": 1.0, "c": 2.0}
+    assert pack_values(spaced) == encode_values(spaced) and unpack_values(pack_values(spaced)) == spaced
+    assert unpack_values(encode_values(values))["trial-00001"] == 0.25  # journals written before
+
+
+def test_a_snapshot_of_many_rungs_is_compact_and_restores_the_same_decisions():
+    from tuning.schedulers._common import encode_values
+
+    rng = np.random.default_rng(0)
+    s = ASHA(max_t=9, grace_period=1, reduction_factor=3, metric="acc", mode="max")
+    trials = [Trial(f"trial-{i:05d}", {}) for i in range(3000)]  # the controller's ids
+    for t in trials:
+        s.on_trial_add(t)
+    for t in trials:
+        for it in (1, 3, 9):
+            if _report(s, t, it, float(rng.random())) == Decision.STOP:
+                break
+    state = s.state_dict()
+    assert "trial-" not in json.dumps(state["trial_bracket"])  # one bracket: no map
+    packed = len(json.dumps(state["rungs"]))
+    plain = len(json.dumps([[encode_values(r) for r in rungs] for rungs in s._rungs]))
+    assert packed < 0.55 * plain
+    restored = ASHA(max_t=9, grace_period=1, reduction_factor=3, metric="acc", mode="max")
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    assert restored._rungs == s._rungs
+    for i, v in enumerate(rng.random(200)):
+        t = Trial(f"new-{i}", {})
+        a = s.on_result(t, {"training_iteration": 1, "acc": float(v)})
+        b = restored.on_result(Trial(f"new-{i}", {}), {"training_iteration": 1, "acc": float(v)})
+        assert a == b

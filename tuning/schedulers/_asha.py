@@ -36,9 +36,9 @@ from tuning.schedulers._common import (
     check_choice,
     check_int,
     check_number,
-    decode_values,
-    encode_values,
     geometric_milestones,
+    pack_values,
+    unpack_values,
 )
 
 __all__ = ["ASHA", "asha_continues", "asha_cutoff", "percentile_of_sorted", "promotable",
@@ -289,8 +289,12 @@ class ASHA(Scheduler):
         trial.bracket = s
 
     def _bracket_of(self, trial: Trial) -> int:
-        if trial.trial_id not in self._trial_bracket:
-            self.on_trial_add(trial)
+        s = self._trial_bracket.get(trial.trial_id)
+        if s is not None:
+            return s
+        if self.brackets == 1:  # restored from a snapshot, which keeps no map for one bracket
+            return 0
+        self.on_trial_add(trial)
         return self._trial_bracket[trial.trial_id]
 
     def on_result(self, trial: Trial, result: Mapping[str, Any]) -> Decision:
@@ -375,9 +379,10 @@ class ASHA(Scheduler):
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # with one bracket every trial is in bracket 0: no map (a quarter of a snapshot)
         return {**super().state_dict(), "n_added": self._n_added,
-                "trial_bracket": dict(self._trial_bracket),
-                "rungs": [[encode_values(r) for r in rungs] for rungs in self._rungs],
+                "trial_bracket": dict(self._trial_bracket) if self.brackets > 1 else {},
+                "rungs": [[pack_values(r) for r in rungs] for rungs in self._rungs],
                 "promoted": [[list(p) for p in ps] for ps in self._promoted]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -386,7 +391,7 @@ class ASHA(Scheduler):
         self._trial_bracket = {k: int(v) for k, v in state["trial_bracket"].items()}
         self._promoted = [[list(p) for p in ps] for ps in state["promoted"]]
         promotes = self.variant == "promote"
-        self._rung_state = [[_Rung.restore(decode_values(r), p, promotes)
+        self._rung_state = [[_Rung.restore(unpack_values(r), p, promotes)
                              for r, p in zip(rungs, ps)]
                             for rungs, ps in zip(state["rungs"], self._promoted)]
 

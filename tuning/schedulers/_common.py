@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import math
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,8 +19,9 @@ __all__ = [
     "encode_float",
     "encode_values",
     "geometric_milestones",
-    
+    "pack_values",
     "to_plain",
+    "unpack_values",
 ]
 
 Number = int | float
@@ -101,6 +104,44 @@ def encode_values(values: Mapping[str, float]) -> dict[str, float | str | None]:
 
 def decode_values(values: Mapping[str, Any]) -> dict[str, float]:
     return {k: decode_float(v) for k, v in values.items()}
+
+
+_PACKED = frozenset({"prefix", "ids", "f8"})
+
+
+def pack_values(values: Mapping[str, float]) -> dict[str, Any]:
+    """``{trial_id: value}`` in a compact JSON form for state snapshots: the ids' common
+    prefix once and the rest space-joined, the values as base64 of little-endian float64
+    (NaN and infinities exact). About a third of :func:`encode_values`' bytes for trial ids
+    like ``trial-01234``; ids with a space keep that form.
+
+    Example:
+        >>> packed = pack_values({"trial-01": 0.5, "trial-02": float("nan")})
+        >>> packed["prefix"], packed["ids"]
+        ('trial-0', '1 2')
+        >>> unpack_values(packed)
+        {'trial-01': 0.5, 'trial-02': nan}
+    """
+    ids = list(values)
+    if any(" " in k for k in ids):
+        return encode_values(values)
+    prefix = os.path.commonprefix(ids) if ids else ""
+    data = np.asarray([float(values[k]) for k in ids], dtype="<f8").tobytes()
+    return {"prefix": prefix, "ids": " ".join(k[len(prefix):] for k in ids),
+            "f8": base64.b64encode(data).decode("ascii")}
+
+
+def unpack_values(packed: Mapping[str, Any]) -> dict[str, float]:
+    """Inverse of :func:`pack_values`; also reads :func:`encode_values`' form (snapshots
+    written before)."""
+    if set(packed) != _PACKED or not isinstance(packed.get("f8"), str):
+        return decode_values(packed)
+    vals = np.frombuffer(base64.b64decode(packed["f8"]), dtype="<f8")
+    ids = packed["ids"].split(" ") if len(vals) else []  # one id may be all prefix: ""
+    if len(vals) != len(ids):
+        raise ValueError(f"a packed rung has {len(ids)} ids and {len(vals)} values")
+    prefix = packed["prefix"]
+    return {prefix + k: float(v) for k, v in zip(ids, vals)}
 
 
 def to_plain(v: Any) -> Any:
