@@ -39,6 +39,7 @@ from tuning.spec import (
 
 __all__ = ["Tuner", "component_spec"]
 
+
 def run_to_completion(flow: Any, extra: dict[str, Any], **params: Any) -> Any:
     """Call the Prefect ``flow`` and return once Prefect has recorded its run as Completed.
 
