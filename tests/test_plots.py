@@ -240,6 +240,7 @@ def test_many_trials_draw_a_line_collection_and_bands_with_a_fixed_legend(tmp_pa
 
 
 def test_up_to_the_threshold_each_trial_keeps_its_line():
+    from matplotlib import colormaps
     from matplotlib.collections import PathCollection
     from matplotlib.figure import Figure
 
@@ -261,8 +262,6 @@ def test_up_to_the_threshold_each_trial_keeps_its_line():
     dots = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert sum(len(c.get_offsets()) for c in dots) == len(scored) * n_axes
     # drawn worst first, so the best trial's line is the last segment, in the brightest colour
-    from matplotlib import colormaps
-
     assert bold[0].get_segments()[-1][-1][1] == 1.0  # the metric axis: the best at the top
     assert tuple(bold[0].get_colors()[-1][:3]) == pytest.approx(colormaps["viridis"](1.0)[:3])
     assert tuple(bold[0].get_colors()[0][:3]) == pytest.approx(colormaps["viridis"](0.0)[:3])

@@ -69,8 +69,8 @@ _DPI = 100
 _PNG = {"compress_level": 1}
 #: parallel coordinates' axis names are cut to this many characters
 _NAME = 24
-#: beyond this many trials a plot stops drawing one line per trial: the best ones become one
-#: LineCollection and the rest an aggregate (quantile bands, faint lines), legends a fixed place
+#: beyond this many trials the learning curves stop drawing one line per trial: the best ones
+#: become one LineCollection and the rest quantile bands; parallel coordinates draw the rest faint
 MANY_TRIALS = 300
 #: how many of the best trials keep a visible line of their own when there are many
 TOP_LINES = 50
