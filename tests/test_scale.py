@@ -179,3 +179,58 @@ def test_the_engine_leaves_one_scanned_object_per_trial_and_per_finished_bracket
     assert not any(gc.is_tracked(r) for b in done for r in b.recorded)
     per_trial = (after - before) / 1000
     assert per_trial < 1.6, per_trial  # the Trial, and ~0.35 for the brackets
+
+
+def test_a_snapshot_runs_no_garbage_collection_and_leaves_the_collector_as_it_was(tmp_path):
+    import gc
+
+    from tuning.schedulers import MedianStopping
+
+    d = str(tmp_path / "median")
+    ctl = Controller(name="gc", trainable=CrossingCurves(max_t=9),
+                     space=Space({"lr": loguniform(1e-4, 1.0), "momentum": uniform(0, 1)}),
+                     metric="accuracy", mode="max",
+                     scheduler=MedianStopping(grace_period=1, min_samples_required=3, max_t=9),
+                     searcher=RandomSearch(), backend=SimulatedBackend(n_workers=16),
+                     journal=Journal(d), storage=d, budget=Budget(num_samples=3000), seed=0)
+    ctl.run()
+    runs: list[int] = []
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start":
+            runs.append(info["generation"])
+
+    threshold = gc.get_threshold()
+    marks: dict[str, int] = {}
+    state_dict, append = ctl.scheduler.state_dict, ctl.journal.append
+
+    def building():  # the snapshot starts with the scheduler's state
+        marks["start"] = len(runs)
+        return state_dict()
+
+    def written(event, **data):
+        out = append(event, **data)
+        if event == "state":
+            marks["end"] = len(runs)
+        return out
+
+    ctl.scheduler.state_dict, ctl.journal.append = building, written
+    gc.callbacks.append(seen)
+    try:
+        gc.set_threshold(1)  # a collection at nearly every allocation, unless the collector is off
+        before = ctl.journal.bytes_appended
+        ctl.commit()  # 3,000 trials' histories: thousands of lists made and freed
+        assert ctl.journal.bytes_appended - before > 3000 * 20
+        assert marks["end"] == marks["start"], runs[marks["start"]:marks["end"]]
+        assert gc.isenabled()
+        gc.disable()  # a caller's choice stands
+        ctl.commit()
+        assert not gc.isenabled()
+        gc.enable()
+        n = len(runs)
+        keep = [[] for _ in range(100)]
+        assert keep and len(runs) > n, "the callback sees collections when the collector is on"
+    finally:
+        gc.callbacks.remove(seen)
+        gc.set_threshold(*threshold)
+        gc.enable()
