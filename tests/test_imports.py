@@ -135,3 +135,67 @@ def test_local_workers_fork_with_the_trainables_imports_done(tmp_path):
     assert out["auto"] == [True, True, "1", [None, None]], out
     assert out["False"][:3] == [False, False, "1"] and out["False"][3][0] is None, out
     assert out["env_after"] == [None, "65536"]  # the driver's environment is restored
+
+
+@pytest.mark.slow
+def test_a_run_starts_the_forkserver_before_distributed_and_the_workers_fork_from_it(tmp_path):
+    """``Tuner.run``'s warm-up (``warm_up``), in a fresh interpreter: only a default
+    LocalCluster of worker processes starts the forkserver, before ``distributed`` is imported,
+    in the environment Dask's Nanny gives workers (less its eager malloc trimming), with the
+    trainable's packages to import; the driver's environment is left as it was, and the
+    cluster's workers then fork from that same server, with one hash seed."""
+    script = tmp_path / "user.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys
+        import psutil
+        from tuning.backends._forkserver import warm_up
+
+        def trainable(config):
+            from sklearn.datasets import load_digits
+            return load_digits
+
+        def servers():
+            return [p for p in psutil.Process().children()
+                    if "forkserver" in " ".join(p.cmdline())]
+
+        def probe():
+            return [os.getppid(), hash("rungflow"), "sklearn.datasets" in sys.modules]
+
+        if __name__ == "__main__":
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"  # as an earlier LocalCluster leaves it
+            env_before = dict(os.environ)
+            out = {"others": [warm_up(b, trainable) for b in (
+                {"type": "dask", "address": "tcp://127.0.0.1:1"}, {"type": "ray"},
+                {"type": "simulated"}, {"type": "dask", "preload": False},
+                {"type": "dask", "cluster_kwargs": {"processes": False}},
+                {"type": "dask", "cluster_class": "x.Y"})]}
+            out["servers_after_others"] = len(servers())
+            out["started"] = warm_up({"type": "dask", "n_workers": 2}, trainable)
+            out["distributed_imported"] = "distributed" in sys.modules
+            out["env_restored"] = dict(os.environ) == env_before
+            (server,) = servers()
+            env = server.environ()
+            out["server_env"] = [env.get(k) for k in (
+                "PYTHONHASHSEED", "OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")]
+            out["server_preload"] = env.get("RUNGFLOW_PRELOAD", "").split(",")
+            from tuning.backends.dask import DaskBackend
+            backend = DaskBackend(n_workers=2)
+            backend.expect(trainable)
+            with backend:
+                out["workers"] = list(backend.client.run(probe).values())
+            out["server"] = server.pid
+            print(json.dumps(out))
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNGFLOW_PRELOAD", "PYTHONHASHSEED")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["others"] == [False] * 6 and out["servers_after_others"] == 0, out
+    assert out["started"] is True and out["distributed_imported"] is False, out
+    assert out["env_restored"] is True, out
+    assert out["server_env"] == ["6640", "1", None], out
+    assert "sklearn.datasets" in out["server_preload"], out
+    (a, b) = out["workers"]
+    assert a[0] == b[0] == out["server"], out  # forked from the warmed-up server
+    assert a[1] == b[1] and a[2] and b[2], out

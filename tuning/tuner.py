@@ -33,11 +33,27 @@ from tuning.spec import (
     ExperimentSpec,
     SpecError,
     custom_component,
+    resolve_trainable,
     trainable_path,
     validate_spec,
 )
 
 __all__ = ["Tuner", "component_spec"]
+
+
+def _warm_up_workers(spec: ExperimentSpec, components: Components) -> None:
+    """Start the forkserver of a LocalCluster's trial workers now, so that it imports the
+    trainable's packages (seconds for torch and scikit-learn) while the driver imports Prefect
+    and makes the flow run, not after (:func:`tuning.backends._forkserver.warm_up`)."""
+    from tuning.backends._forkserver import warm_up
+
+    trainable = components.trainable
+    if trainable is None:
+        try:
+            trainable = resolve_trainable(spec.trainable)
+        except Exception:  # noqa: BLE001 - open-experiment reports it, inside the flow run
+            return
+    warm_up(spec.backend, trainable)
 
 
 def run_to_completion(flow: Any, extra: dict[str, Any], **params: Any) -> Any:
@@ -196,6 +212,7 @@ class Tuner:
         is raised with the first error instead.
         """
         quiet_defaults()
+        _warm_up_workers(self.spec, self.components)  # before Prefect's import and flow run
         from tuning.flows.tune import tune
 
         self.components.extra.pop("final_state", None)

@@ -37,6 +37,13 @@ from tuning.backends._base import (
     message_from_dict,
 )
 from tuning.backends._dask_direct import DirectLink, DirectListener
+from tuning.backends._forkserver import (
+    DASK_MALLOC_TRIM,
+    MALLOC_TRIM,
+    PRE_SPAWN,
+    start_forkserver,
+    trial_workers_environ,
+)
 from tuning.trainable import Segment, SegmentSummary, run_segment
 
 __all__ = ["DaskBackend", "import_object"]
@@ -104,26 +111,17 @@ _MAILBOX = _Mailbox()
 LOW_LEVEL_LOG_LENGTH = 100
 
 
-_MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
-_DASK_MALLOC_TRIM = 65536  # distributed's default for it in nanny.pre-spawn-environ
-
-
 def _trial_workers_environ() -> Any:
-    """Dask starts worker processes with ``MALLOC_TRIM_THRESHOLD_=65536``
-    (``distributed.nanny.pre-spawn-environ``), so that glibc hands freed memory back to the
-    OS at once: Dask's own memory accounting wants that for data workers. For training it is a
-    tax on every allocation. PyTorch allocates and frees tensors at every step, and with it set,
-    the digits ConvNet's epochs took 30-31 ms instead of 18-22 ms, in Dask workers and in plain
-    processes alike. Trial workers of the LocalCluster rungflow starts get glibc's default (as
-    under Optuna or Ray Tune); a value the user set other than Dask's default stands."""
+    """Dask's Nanny config for trial workers: its pre-spawn environment without Dask's eager
+    malloc trimming (:func:`tuning.backends._forkserver.trial_workers_environ` says why), for
+    the workers a LocalCluster spawns without the forkserver (``preload=False``)."""
     import dask
 
-    key = "distributed.nanny.pre-spawn-environ"
-    env = dict(dask.config.get(key, {}) or {})
-    if str(env.get(_MALLOC_TRIM)) != str(_DASK_MALLOC_TRIM):
+    env = trial_workers_environ()
+    if MALLOC_TRIM not in env or env[MALLOC_TRIM] is not None:
         return contextlib.nullcontext()
-    env.pop(_MALLOC_TRIM)
-    return dask.config.set({key: env})
+    kept = {k: v for k, v in (dask.config.get(PRE_SPAWN, {}) or {}).items() if k != MALLOC_TRIM}
+    return dask.config.set({PRE_SPAWN: kept})
 
 
 def _bounded_logs() -> Any:
@@ -438,9 +436,10 @@ class DaskBackend(Backend):
         worker side and the trainable's modules once (``preload``) for all of them, instead of
         each worker spawning a fresh interpreter that imports them itself: the imports are paid
         once per driver process (a notebook's later runs start warm), and the workers share
-        those pages. The forkserver is started by the first worker with Dask's pre-spawn
-        environment (``OMP_NUM_THREADS=1``...), and each worker still gets the driver's
-        ``sys.path``, working directory and main module, as with spawn."""
+        those pages. The server is started here (or earlier, by ``Tuner.run``'s
+        :func:`~tuning.backends._forkserver.warm_up`) with the environment Dask's Nanny would
+        give it (``OMP_NUM_THREADS=1``, ``PYTHONHASHSEED``...), and each worker still gets the
+        driver's ``sys.path``, working directory and main module, as with spawn."""
         import multiprocessing
 
         import dask
@@ -449,7 +448,7 @@ class DaskBackend(Backend):
             return
         import distributed.utils
 
-        from tuning._imports import ENV, preload_modules
+        from tuning._imports import preload_modules
 
         self._start_method = dask.config.set(
             {"distributed.worker.multiprocessing-method": "forkserver"})
@@ -457,8 +456,7 @@ class DaskBackend(Backend):
         # into this process to list them as its own preload (60 MB of the driver's RSS);
         # tuning._warm imports distributed and what the trainable needs instead
         distributed.utils._forkserver_preload_set = True
-        multiprocessing.get_context("forkserver").set_forkserver_preload(["tuning._warm"])
-        self._set_env(ENV, ",".join(preload_modules(self._preload_modules)))
+        start_forkserver(preload_modules(self._preload_modules))
 
     def _unfork_workers(self) -> None:
         if self._start_method is not None:
@@ -494,11 +492,11 @@ class DaskBackend(Backend):
                 kwargs.setdefault("protocol", "tcp")  # inproc:// takes no host
                 return LocalCluster(**kwargs)
             self._fork_workers()
-            if os.environ.get(_MALLOC_TRIM) == str(_DASK_MALLOC_TRIM):
-                # left in this process by an earlier LocalCluster's Nanny: the workers (or the
-                # forkserver) started now would inherit it (see _trial_workers_environ)
-                self._set_env(_MALLOC_TRIM, None)
-            try:  # the forkserver starts with the first worker and keeps its environment
+            if os.environ.get(MALLOC_TRIM) == str(DASK_MALLOC_TRIM):
+                # left in this process by an earlier LocalCluster's Nanny: workers spawned
+                # now would inherit it (see _trial_workers_environ)
+                self._set_env(MALLOC_TRIM, None)
+            try:
                 with _trial_workers_environ():
                     return LocalCluster(**kwargs)
             finally:
