@@ -80,23 +80,24 @@ def trial_workers_environ() -> dict[str, str | None]:
     return env
 
 
+def _put(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _environ(values: Mapping[str, str | None]) -> Iterator[None]:
     """``os.environ`` with ``values`` set (None: unset) inside the block; as before after it."""
     before = {k: os.environ.get(k) for k in values}
     try:
         for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            _put(k, v)
         yield
     finally:
         for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            _put(k, v)
 
 
 def start_forkserver(modules: list[str]) -> bool:
